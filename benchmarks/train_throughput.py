@@ -1,0 +1,526 @@
+"""Training throughput and memory: TRL SFTTrainer (A) against `tunelab train` (B), side by side.
+
+Both contenders LoRA-tune the same model on the same prompt/completion data in separate processes,
+alternating A, B, A, B. Per run: wall time (model load included), non-pad tokens trained per
+second, peak RSS, final train loss and a held-out loss computed afterwards by one shared function.
+A matmul peak measured in the same run turns tokens/s into MFU. A second section times batched
+against one-at-a-time generation with tunelab's evaluator.
+
+    python benchmarks/train_throughput.py            # the full benchmark (35-40 minutes on 2 cores)
+    python benchmarks/train_throughput.py --quick    # a small smoke run, for development only
+
+Writes benchmarks/results/train_throughput.md (and .json with every raw number) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would bury the results
+
+import torch  # noqa: E402
+
+from tunelab.data.pack import collate_packed  # noqa: E402
+from tunelab.data.templates import DEFAULT_LABEL_PROMPT, encode_chat, render  # noqa: E402
+from tunelab.models import resolve_model  # noqa: E402
+from tunelab.train.loss import reference_loss_sum  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DATA = ROOT / "data" / "examples" / "movie_sentiment.jsonl"
+MODEL = "smollm2-135m"
+SEED = 1234
+INSTRUCTION = ("Give the sentiment (positive or negative) of each numbered movie review sentence. "
+               "Answer with one line per sentence, keeping the numbers.")
+GOALS = {"tokens_ratio_min": 5.0, "rss_ratio_max": 0.4, "heldout_diff_pct_max": 2.0}
+
+FULL = {"train": 128, "heldout": 32, "max_length": 512, "max_k": 15, "token_cap": 400, "gen_prompts": 500,
+        "gen_single": 50, "matmul_repeats": 10}
+QUICK = {"train": 16, "heldout": 8, "max_length": 256, "max_k": 6, "token_cap": 240, "gen_prompts": 20,
+         "gen_single": 20, "matmul_repeats": 3}
+
+
+# ---------------------------------------------------------------- data
+
+def build_data(tokenizer, sizes: dict, work: Path) -> dict:
+    """Deterministic prompt/completion files: k numbered review sentences -> k numbered labels.
+
+    k is drawn from 1..max_k; sentences that would push an example past token_cap tokens (chat
+    template included) are left out, so no example is ever truncated at max_length.
+    """
+    with DATA.open(encoding="utf-8") as f:
+        sentences = [json.loads(line) for line in f if line.strip()]
+    order = list(range(len(sentences)))
+    random.Random(SEED).shuffle(order)
+    pool = iter(order)
+    rng = random.Random(SEED + 1)
+
+    def example() -> dict:
+        picked: list[dict] = []
+        for _ in range(rng.randint(1, sizes["max_k"])):
+            candidate = picked + [sentences[next(pool)]]
+            row = _pair(candidate)
+            if picked and len(encode_chat(tokenizer, _messages(row), 10**6).input_ids) > sizes["token_cap"]:
+                break
+            picked = candidate
+        return _pair(picked)
+
+    train = [example() for _ in range(sizes["train"])]
+    heldout = [example() for _ in range(sizes["heldout"])]
+    # Generation prompts: single sentences not used above, with tunelab's default label prompt.
+    gen = [sentences[next(pool)]["text"] for _ in range(sizes["gen_prompts"])]
+    paths = {"train": work / "train.jsonl", "heldout": work / "heldout.jsonl"}
+    for name, rows in (("train", train), ("heldout", heldout)):
+        with paths[name].open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"train": train, "heldout": heldout, "gen_texts": gen, "paths": paths}
+
+
+def _pair(rows: list[dict]) -> dict:
+    prompt = INSTRUCTION + "\n\n" + "\n".join(f"{i}. {r['text']}" for i, r in enumerate(rows, 1))
+    completion = "\n".join(f"{i}. {r['label']}" for i, r in enumerate(rows, 1))
+    return {"prompt": prompt, "completion": completion}
+
+
+def _messages(row: dict) -> list[dict[str, str]]:
+    return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+
+
+def token_stats(tokenizer, rows: list[dict], max_length: int) -> dict:
+    """Non-pad tokens of the examples as trained (chat template, truncated to max_length)."""
+    encoded = [encode_chat(tokenizer, _messages(r), max_length) for r in rows]
+    lengths = [len(e.input_ids) for e in encoded]
+    return {"tokens": sum(lengths), "loss_tokens": sum(e.loss_tokens for e in encoded), "min": min(lengths),
+            "max": max(lengths), "mean": round(sum(lengths) / len(lengths), 1),
+            "truncated": sum(1 for r, n in zip(rows, lengths) if n >= max_length)}
+
+
+# ---------------------------------------------------------------- measurements
+
+def matmul_peak(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
+    """Best-of-`repeats` FLOP/s of an n x n torch.matmul."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best
+
+
+def run_measured(cmd: list[str], log: Path, env: dict) -> dict:
+    """Run a command; wall seconds and peak RSS (MB) from /usr/bin/time -v, or by polling psutil."""
+    time_bin = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as out:
+        if time_bin:
+            rusage = log.with_suffix(".time")
+            proc = subprocess.run([time_bin, "-v", "-o", str(rusage)] + cmd, stdout=out, stderr=subprocess.STDOUT,
+                                  env=env, cwd=ROOT)
+            wall = time.perf_counter() - started
+            text = rusage.read_text(encoding="utf-8", errors="replace") if rusage.exists() else ""
+            match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+            peak = int(match.group(1)) / 1024 if match else float("nan")
+        else:
+            proc, peak = _poll_rss(cmd, out, env)
+            wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
+        sys.exit(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1)}
+
+
+def _poll_rss(cmd: list[str], out, env: dict):
+    """Fallback without /usr/bin/time: the largest summed RSS of the process tree, sampled every 0.2 s."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs))
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    return proc, peak / 2**20
+
+
+def heldout_loss(model_dir: Path, adapter_dir: Path | None, tokenizer, rows: list[dict], max_length: int) -> float:
+    """Mean completion-token cross-entropy of base fp32 + adapter; the one function for both contenders."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            example = encode_chat(tokenizer, _messages(row), max_length)
+            loss, n = reference_loss_sum(model, collate_packed([[example]], tokenizer.pad_token_id))
+            total += float(loss)
+            count += n
+    return total / max(count, 1)
+
+
+def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: int) -> dict:
+    """tunelab's generate: batch 16 on every prompt against batch 1 on an evenly spread subset."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.evaluate import generate
+    from tunelab.train.common import pick_dtype
+
+    dtype = pick_dtype("auto", "lora")  # the dtype tunelab evaluates in after training on this machine
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").eval()
+    prompt = DEFAULT_LABEL_PROMPT
+    prompts = [render(tokenizer, [{"role": "user", "content": prompt.format(text=t, choices="negative, positive")}],
+                      add_generation_prompt=True) for t in texts]
+    generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, desc="warm-up")
+    started = time.perf_counter()
+    batched = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=16)
+    batched_s = time.perf_counter() - started
+    step = max(1, len(prompts) // single_n)
+    subset = list(range(0, len(prompts), step))[:single_n]
+    started = time.perf_counter()
+    single = generate(model, tokenizer, [prompts[i] for i in subset], max_new_tokens=8, batch_size=1)
+    single_s = time.perf_counter() - started
+    single_scaled = single_s * len(prompts) / len(subset)
+    same = sum(1 for k, i in enumerate(subset) if single[k] == batched[i])
+    return {"prompts": len(prompts), "dtype": str(dtype).replace("torch.", ""), "batch_size": 16,
+            "max_new_tokens": 8, "batched_s": round(batched_s, 2), "single_prompts": len(subset),
+            "single_s": round(single_s, 2), "single_scaled_s": round(single_scaled, 2),
+            "speedup": round(single_scaled / batched_s, 2), "same_output": same}
+
+
+# ---------------------------------------------------------------- contenders
+
+def run_trl(i: int, model_dir: Path, files: dict, sizes: dict, work: Path, env: dict, bf16: bool) -> dict:
+    out, result = work / f"trl-run{i}", work / f"trl-run{i}.json"
+    cmd = [sys.executable, str(HERE / "trl_sft_run.py"), "--model", str(model_dir), "--train", str(files["train"]),
+           "--out", str(out), "--result", str(result), "--max-length", str(sizes["max_length"]),
+           "--batch-size", "8", "--epochs", "1", "--lr", "2e-4"] + (["--bf16"] if bf16 else [])
+    measured = run_measured(cmd, work / f"trl-run{i}.log", env)
+    inner = json.loads(result.read_text(encoding="utf-8"))
+    return {**measured, "train_s": inner["train_seconds"], "final_loss": inner["final_loss"], "adapter": str(out),
+            "raw": inner, "cmd": cmd}
+
+
+def tunelab_cmd(i: int, files: dict, sizes: dict, work: Path) -> list[str]:
+    return [sys.executable, "-m", "tunelab.cli", "train", "/dev/null", f"model={MODEL}",
+            f"data.train={files['train']}", f"data.val={files['heldout']}", f"data.test={files['heldout']}",
+            "lora.r=16", "lora.alpha=32", "lora.dropout=0.05", f"train.max_length={sizes['max_length']}",
+            "train.batch_size=8", "train.epochs=1", "eval.baseline=false", f"run_name=run{i}",
+            f"output_dir={work / 'tunelab-runs'}", "--overwrite"]
+
+
+def run_tunelab(i: int, files: dict, sizes: dict, work: Path, env: dict) -> dict:
+    cmd = tunelab_cmd(i, files, sizes, work)
+    log = work / f"tunelab-run{i}.log"
+    measured = run_measured(cmd, log, env)
+    run_dir = work / "tunelab-runs" / f"run{i}"
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    match = re.search(r"^model: .*\(torch\.(\w+)\)", log.read_text(encoding="utf-8", errors="replace"), re.M)
+    train = metrics["train"]
+    return {**measured, "train_s": train["seconds"], "final_loss": train["final_loss"],
+            "adapter": str(run_dir / "adapter"), "dtype": match.group(1) if match else "?",
+            "raw": {"train": train, "tuned": metrics.get("tuned")}, "cmd": cmd}
+
+
+# ---------------------------------------------------------------- report
+
+def shown(cmd: list[str], work: Path, model_dir: Path) -> list[str]:
+    """A command as a reader would type it: no interpreter path, temp folder or cache path."""
+    if cmd[1:3] == ["-m", "tunelab.cli"]:
+        cmd = ["tunelab"] + cmd[3:]
+    else:
+        cmd = ["python", os.path.relpath(cmd[1], ROOT)] + cmd[2:]
+    return [c.replace(str(work), "$WORK").replace(str(model_dir), "$MODEL_DIR") for c in cmd]
+
+
+def summarize(runs: list[dict], peaks: dict, n_base: int) -> dict:
+    tps = [r["tokens_per_s"] for r in runs]
+    mean_tps = statistics.mean(tps)
+    achieved = 4 * n_base * mean_tps
+    return {"runs": len(runs), "tokens_per_s": round(mean_tps, 1),
+            "tokens_per_s_min": round(min(tps), 1), "tokens_per_s_max": round(max(tps), 1),
+            "wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
+            "train_s": round(statistics.mean(r["train_s"] for r in runs), 1),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs), 1),
+            "final_loss": round(statistics.mean(r["final_loss"] for r in runs), 4),
+            "heldout_loss": round(statistics.mean(r["heldout_loss"] for r in runs), 4),
+            "mfu_fp32_pct": round(100 * achieved / peaks["fp32"], 2),
+            "mfu_bf16_pct": round(100 * achieved / peaks["bf16"], 2)}
+
+
+def markdown(res: dict) -> str:
+    a, b, cfg, tok = res["summary"]["A"], res["summary"]["B"], res["config"], res["tokens"]
+    names = {"A": f"A: TRL {res['versions']['trl']} SFTTrainer ({res['trl_precision']}, no packing)",
+             "B": f"B: tunelab train (defaults: packing, {res['tunelab_dtype']} frozen base)"}
+    lines = [
+        "# Training throughput: TRL SFTTrainer vs tunelab",
+        "",
+        f"{res['date']} · {res['machine']} · torch {res['versions']['torch']}, transformers "
+        f"{res['versions']['transformers']}, peft {res['versions']['peft']}, trl {res['versions']['trl']}"
+        + (" · **--quick (development smoke run, not a result)**" if res["quick"] else ""),
+        "",
+        f"SmolLM2-135M-Instruct, LoRA r=16 alpha=32 dropout 0.05 on all linear layers, lr 2e-4, 1 epoch, "
+        f"max_length {cfg['max_length']}, batch size 8. Data: {cfg['train']} training and {cfg['heldout']} "
+        f"held-out prompt/completion examples built from data/examples/movie_sentiment.jsonl "
+        f"(k = 1..{cfg['max_k']} numbered review sentences -> k numbered labels; {tok['min']}-{tok['max']} "
+        f"tokens, mean {tok['mean']}, {tok['tokens']} non-pad tokens, {tok['loss_tokens']} completion tokens; "
+        f"{tok['truncated']} truncated).",
+        "",
+        "| contender | runs | tokens/s mean | wall s | train s | peak RSS MB | final loss | held-out loss "
+        "| MFU fp32 % | MFU bf16 % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in ("A", "B"):
+        s = res["summary"][key]
+        lines.append(f"| {names[key]} | {s['runs']} | {s['tokens_per_s']:.1f} ({s['tokens_per_s_min']:.1f}-"
+                     f"{s['tokens_per_s_max']:.1f}) | {s['wall_s']:.1f} | {s['train_s']:.1f} | {s['peak_rss_mb']:.0f} "
+                     f"| {s['final_loss']:.4f} | {s['heldout_loss']:.4f} | {s['mfu_fp32_pct']:.2f} "
+                     f"| {s['mfu_bf16_pct']:.2f} |")
+    r = res["ratios"]
+    lines += [
+        "",
+        f"Base model without adapter, held-out loss: {res['base_heldout_loss']:.4f}.",
+        "",
+        f"- **B/A tokens/s: {r['tokens_per_s']:.2f}x**",
+        f"- **B/A peak RSS: {r['peak_rss']:.2f}**",
+        f"- **Held-out loss, B vs A: {r['heldout_diff_pct']:+.2f} %** (negative: B lower)",
+        "",
+        "Goals:",
+    ]
+    for goal in res["goals"]:
+        lines.append(f"- {'PASS' if goal['pass'] else 'FAIL'}: {goal['name']} (measured {goal['value']})")
+    lines += [
+        "",
+        "Per run (in the order run):",
+        "",
+        "| run | contender | wall s | train s | tokens/s | peak RSS MB | final loss | held-out loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in res["runs"]:
+        lines.append(f"| {run['order']} | {run['contender']} | {run['wall_s']:.1f} | {run['train_s']:.1f} "
+                     f"| {run['tokens_per_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['final_loss']:.4f} "
+                     f"| {run['heldout_loss']:.4f} |")
+    p = res["peaks"]
+    lines += [
+        "",
+        "How the numbers are taken:",
+        "",
+        f"- tokens/s: the non-pad tokens of the training examples ({tok['tokens']}, tokenized once with the "
+        "model's chat template, the same count for both) divided by the seconds of the training loop "
+        "(TRL: around `trainer.train()`; tunelab: `metrics.json[\"train\"][\"seconds\"]`). Model loading, "
+        "tokenization and saving are outside it, and inside wall s. Cross-checks: TRL tokenized "
+        f"{res['crosscheck']['trl_tokens']} tokens; tunelab's metrics.json reports {res['crosscheck']['tunelab_tokens']} "
+        f"tokens at {res['crosscheck']['tunelab_tokens_per_s']} tokens/s (mean of its runs).",
+        "- batch size: both get 8, but tunelab packs several examples into each row of max_length tokens and "
+        "counts packed rows, so one tunelab step holds more examples (fewer optimizer steps: "
+        f"A {res['steps']['A']} vs B {res['steps']['B']}) while TRL pads each batch to its longest example.",
+        "- wall s: the whole process, model load included. B's also includes its built-in evaluation of the "
+        "tuned adapter after training (generation on the held-out prompts and held-out loss; "
+        "eval.baseline=false); A does no evaluation.",
+        "- peak RSS: \"Maximum resident set size\" of the process from `/usr/bin/time -v`; the table shows the "
+        "largest over the runs. For reference, the peak each process reported itself at the end of training: "
+        f"A {res['crosscheck']['trl_self_rss_mb']:.0f} MB, B {res['crosscheck']['tunelab_self_rss_mb']:.0f} MB.",
+        "- final loss: the last logged training loss (both log every 5 optimizer steps, a mean over those "
+        "steps); A and B take different numbers of steps, so compare the held-out loss.",
+        "- held-out loss: one function for both, after training: base model in fp32 + the saved adapter, mean "
+        "cross-entropy over the completion tokens (answer and end-of-turn token) of the "
+        f"{cfg['heldout']} held-out examples, each run alone with the chat template.",
+        f"- MFU: achieved FLOP/s / measured peak, achieved = 4 x N_base x tokens/s with N_base = "
+        f"{res['n_base']:,} (forward 2N plus the input-gradient half of the backward 2N through frozen weights; "
+        "LoRA's own FLOPs, attention scores and gradient-checkpointing recompute are not counted). Peak: best "
+        f"of {cfg['matmul_repeats']} 2048x2048 torch.matmul in this run: fp32 {p['fp32'] / 1e9:.1f} GFLOP/s, "
+        f"bf16 {p['bf16'] / 1e9:.1f} GFLOP/s (torch threads: {res['torch_threads']}).",
+        f"- A runs TRL's defaults except bf16: TRL 1.16 turns on bf16 autocast by default, "
+        f"{'kept here (--trl-bf16)' if res['trl_precision'] != 'fp32' else 'turned off here to train in fp32 (use --trl-bf16 to keep it)'}; "
+        "gradient checkpointing stays on (TRL's default).",
+    ]
+    g = res["generation"]
+    lines += [
+        "",
+        "## Evaluation: batched vs one-at-a-time generation",
+        "",
+        f"tunelab.eval.evaluate.generate, greedy, max_new_tokens {g['max_new_tokens']}, base SmolLM2-135M in "
+        f"{g['dtype']}, {g['prompts']} single-sentence prompts (tunelab's default label prompt).",
+        "",
+        "| mode | prompts timed | seconds | seconds for all prompts |",
+        "|---|---|---|---|",
+        f"| batch_size 16 | {g['prompts']} | {g['batched_s']:.1f} | {g['batched_s']:.1f} |",
+        f"| batch_size 1 | {g['single_prompts']} | {g['single_s']:.1f} | {g['single_scaled_s']:.1f}"
+        + (" (scaled linearly)" if g["single_prompts"] != g["prompts"] else "") + " |",
+        "",
+        f"**Speedup of batched generation: {g['speedup']:.2f}x.** "
+        + (f"batch_size 1 was timed on {g['single_prompts']} evenly spread prompts and scaled linearly to "
+           f"{g['prompts']}. " if g["single_prompts"] != g["prompts"] else "")
+        + f"Same output in both modes for {g['same_output']} of {g['single_prompts']} prompts.",
+        "",
+        "## Command lines",
+        "",
+        "```",
+        "# $MODEL_DIR: the converted embedded model (tunelab.models.resolve_model); $WORK: a temporary folder",
+        res["command"],
+        "# A, per run:",
+        " ".join(res["commands"]["A"]),
+        "# B, per run:",
+        " ".join(res["commands"]["B"]),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            model = found.group(1).strip() if found else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="TRL SFTTrainer vs tunelab train: throughput, memory, loss.")
+    parser.add_argument("--runs", type=int, default=None, help="runs per contender, alternating A, B, A, B "
+                        "(default 2, or 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for development (1 run each)")
+    parser.add_argument("--out", default=None, help="Markdown result file (JSON written next to it)")
+    parser.add_argument("--trl-bf16", action="store_true", help="keep TRL's default bf16 autocast for A")
+    parser.add_argument("--work", default=None, help="keep data, logs and adapters in this folder")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    runs = args.runs or (1 if args.quick else 2)
+    out = Path(args.out) if args.out else HERE / "results" / (
+        "train_throughput_quick.md" if args.quick else "train_throughput.md")
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+
+    from transformers import AutoTokenizer
+
+    import peft
+    import transformers
+
+    try:
+        import trl
+    except ImportError:
+        sys.exit("TRL is needed for contender A: pip install -c constraints.txt trl==1.16.0 (or pip install -e .[bench])")
+
+    model_dir = resolve_model(MODEL)  # converts the embedded model once, before anything is timed
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    data = build_data(tokenizer, sizes, work)
+    tokens = token_stats(tokenizer, data["train"], sizes["max_length"])
+    print(f"work folder: {work}\ndata: {len(data['train'])} train / {len(data['heldout'])} held-out examples, "
+          f"{tokens['tokens']} training tokens ({tokens['min']}-{tokens['max']} per example)", flush=True)
+
+    peaks = {"fp32": matmul_peak(torch.float32, sizes["matmul_repeats"]),
+             "bf16": matmul_peak(torch.bfloat16, sizes["matmul_repeats"])}
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s", flush=True)
+
+    results: list[dict] = []
+    for i in range(1, runs + 1):
+        for contender in ("A", "B"):
+            print(f"run {i}/{runs}: {contender} ...", flush=True)
+            if contender == "A":
+                run = run_trl(i, model_dir, data["paths"], sizes, work, env, args.trl_bf16)
+            else:
+                run = run_tunelab(i, data["paths"], sizes, work, env)
+            run.update(contender=contender, order=len(results) + 1,
+                       tokens_per_s=round(tokens["tokens"] / run["train_s"], 2))
+            print(f"  wall {run['wall_s']:.1f} s, train {run['train_s']:.1f} s, {run['tokens_per_s']:.1f} tokens/s, "
+                  f"peak RSS {run['peak_rss_mb']:.0f} MB, final loss {run['final_loss']:.4f}", flush=True)
+            results.append(run)
+
+    print("held-out loss (base fp32 + adapter) ...", flush=True)
+    base_loss = heldout_loss(model_dir, None, tokenizer, data["heldout"], sizes["max_length"])
+    for run in results:
+        run["heldout_loss"] = round(heldout_loss(model_dir, Path(run["adapter"]), tokenizer, data["heldout"],
+                                                 sizes["max_length"]), 5)
+    for run in results:
+        run["cmd"] = shown(run["cmd"], work, model_dir)
+        run["adapter"] = run["adapter"].replace(str(work), "$WORK")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        n_base = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+                     .parameters())
+
+    print("generation: batched vs one at a time ...", flush=True)
+    generation = generation_section(model_dir, tokenizer, data["gen_texts"], sizes["gen_single"])
+
+    by = {k: [r for r in results if r["contender"] == k] for k in ("A", "B")}
+    summary = {k: summarize(v, peaks, n_base) for k, v in by.items()}
+    ratios = {"tokens_per_s": round(summary["B"]["tokens_per_s"] / summary["A"]["tokens_per_s"], 3),
+              "peak_rss": round(summary["B"]["peak_rss_mb"] / summary["A"]["peak_rss_mb"], 3),
+              "heldout_diff_pct": round(100 * (summary["B"]["heldout_loss"] - summary["A"]["heldout_loss"])
+                                        / summary["A"]["heldout_loss"], 2)}
+    goals = [
+        {"name": f"B/A tokens/s >= {GOALS['tokens_ratio_min']:g}", "value": f"{ratios['tokens_per_s']:.2f}",
+         "pass": ratios["tokens_per_s"] >= GOALS["tokens_ratio_min"]},
+        {"name": f"B/A peak RSS <= {GOALS['rss_ratio_max']:g}", "value": f"{ratios['peak_rss']:.2f}",
+         "pass": ratios["peak_rss"] <= GOALS["rss_ratio_max"]},
+        {"name": f"held-out loss of B within {GOALS['heldout_diff_pct_max']:g} % of A's",
+         "value": f"{ratios['heldout_diff_pct']:+.2f} %",
+         "pass": abs(ratios["heldout_diff_pct"]) <= GOALS["heldout_diff_pct_max"]},
+    ]
+    res = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "quick": args.quick,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "trl": trl.__version__},
+        "config": {**sizes, "runs": runs}, "tokens": tokens, "peaks": peaks, "n_base": n_base,
+        "torch_threads": torch.get_num_threads(),
+        "trl_precision": "bf16 autocast" if args.trl_bf16 else "fp32",
+        "tunelab_dtype": by["B"][0].get("dtype", "?"),
+        "steps": {"A": by["A"][0]["raw"]["steps"], "B": by["B"][0]["raw"]["train"]["steps"]},
+        "crosscheck": {
+            "trl_tokens": by["A"][0]["raw"]["tokens"],
+            "tunelab_tokens": by["B"][0]["raw"]["train"]["tokens"],
+            "tunelab_tokens_per_s": round(statistics.mean(r["raw"]["train"]["tokens_per_second"] for r in by["B"]), 1),
+            "trl_self_rss_mb": max(r["raw"]["self_peak_rss_mb"] for r in by["A"]),
+            "tunelab_self_rss_mb": max(r["raw"]["train"]["peak_rss_mb"] for r in by["B"])},
+        "base_heldout_loss": round(base_loss, 5), "runs": results, "summary": summary, "ratios": ratios,
+        "goals": goals, "generation": generation,
+        "command": shlex.join(["python", os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
+        "commands": {"A": by["A"][0]["cmd"], "B": by["B"][0]["cmd"]},
+    }
+    text = markdown(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(text)
+    print(f"written: {out} and {out.with_suffix('.json')}")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Load a run's train/val/test splits from the files a config names."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config import DataConfig
+from tunelab.data.formats import common_kind, read_records
+from tunelab.data.records import Record, Rejected
+from tunelab.data.split import content_hash, split_records
+from tunelab.errors import DataError
+
+
+@dataclass
+class Splits:
+    train: list[Record]
+    val: list[Record]
+    test: list[Record]
+    kind: str
+    quarantined: list[Rejected] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        """Sorted label set of a labeled dataset (empty otherwise)."""
+        return sorted({r.label for r in self.train + self.val + self.test if r.label is not None})
+
+    def summary(self) -> dict:
+        out = {"kind": self.kind, "train": len(self.train), "val": len(self.val), "test": len(self.test),
+               "quarantined": len(self.quarantined)}
+        for name in ("train", "val", "test"):
+            records = getattr(self, name)
+            out[f"{name}_hash"] = content_hash(r.to_json() for r in records)[:16]
+            if self.kind == "labeled":
+                counts: dict[str, int] = {}
+                for r in records:
+                    counts[r.label] = counts.get(r.label, 0) + 1
+                out[f"{name}_labels"] = dict(sorted(counts.items()))
+        return out
+
+
+def _read(path: str, config: DataConfig, rejected: list[Rejected]) -> list[Record]:
+    records, bad = read_records(path, shape=config.shape, on_error=config.on_error)
+    rejected.extend(bad)
+    return records
+
+
+def load_splits(config: DataConfig, seed: int) -> Splits:
+    rejected: list[Rejected] = []
+    train = _read(config.train, config, rejected)
+    val = _read(config.val, config, rejected) if config.val else None
+    test = _read(config.test, config, rejected) if config.test else None
+    if val is None or test is None:
+        val_fraction = config.val_fraction if val is None else 0.0
+        test_fraction = config.test_fraction if test is None else 0.0
+        train, split_val, split_test = split_records(train, val_fraction, test_fraction, seed)
+        val = split_val if val is None else val
+        test = split_test if test is None else test
+    kind = common_kind(train + val + test)
+    if config.max_train_examples and len(train) > config.max_train_examples:
+        train = random.Random(seed).sample(train, config.max_train_examples)
+    if not train:
+        raise DataError(config.train, "no training rows left after splitting")
+    return Splits(train, val, test, kind, rejected)
+
+
+def write_quarantine(rejected: list[Rejected], path: Path) -> None:
+    if not rejected:
+        return
+    with path.open("w", encoding="utf-8") as f:
+        for row in rejected:
+            f.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")

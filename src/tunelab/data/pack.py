@@ -1,0 +1,57 @@
+"""Pack tokenized examples into rows without letting them see each other.
+
+Several examples share one row of up to ``max_length`` tokens. Each keeps its own position ids
+(restarting at 0), and a block-causal mask lets a token attend only to earlier tokens of its own
+example. Position ids alone are not enough with SDPA attention: without the mask, later examples
+attend to earlier ones, so the loss of a packed row would differ from the examples run alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunelab.data.templates import IGNORE_INDEX, Encoded
+
+
+def pack(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
+    """Greedy packing in the given order: start a new row when the next example does not fit."""
+    rows: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    used = 0
+    for example in examples:
+        n = len(example.input_ids)
+        if current and used + n > max_length:
+            rows.append(current)
+            current, used = [], 0
+        current.append(example)
+        used += n
+    if current:
+        rows.append(current)
+    return rows
+
+
+def collate_packed(rows: list[list[Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Tensors for a batch of packed rows: ids, labels, position ids and a [B,1,T,T] boolean mask."""
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
+    labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((batch, width), dtype=torch.long)
+    segment = torch.full((batch, width), -1, dtype=torch.long)  # -1 marks padding
+    for b, row in enumerate(rows):
+        offset = 0
+        for s, example in enumerate(row):
+            n = len(example.input_ids)
+            input_ids[b, offset:offset + n] = torch.tensor(example.input_ids)
+            # The first token of an example is never a target of the previous example's last token.
+            example_labels = torch.tensor(example.labels)
+            example_labels[0] = IGNORE_INDEX
+            labels[b, offset:offset + n] = example_labels
+            position_ids[b, offset:offset + n] = torch.arange(n)
+            segment[b, offset:offset + n] = s
+            offset += n
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    same_segment = segment[:, :, None] == segment[:, None, :]
+    # Padding tokens only see padding (never a fully masked row, which would give NaN).
+    mask = (same_segment & causal)[:, None, :, :]
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask}

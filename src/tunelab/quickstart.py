@@ -1,0 +1,38 @@
+"""The first run a new user sees: LoRA on the embedded SmolLM2 for movie-review sentiment.
+
+It trains on a seeded subset of the bundled Rotten Tomatoes sentences and evaluates the base model
+and the tuned model on the same 300 held-out sentences with the same prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.config import load_config
+from tunelab.errors import TunelabError
+from tunelab.train.sft import run_sft
+
+EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "examples" / "movie_sentiment.jsonl"
+
+QUICKSTART = [
+    "run_name=quickstart",
+    "model=smollm2-135m",
+    "task=sft",
+    "method=lora",
+    "data.val_fraction=0.05",
+    "data.test_fraction=0.05",
+    "data.max_train_examples=2000",
+    "train.epochs=1",
+    "train.batch_size=4",
+    "train.max_length=256",
+    "train.learning_rate=2e-4",
+    "train.save_steps=25",
+    "eval.max_examples=300",
+]
+
+
+def quickstart(overrides: list[str], output_dir: str = "runs") -> dict:
+    if not EXAMPLE_DATA.exists():
+        raise TunelabError(f"bundled example data not found at {EXAMPLE_DATA}; run quickstart from a tunelab checkout")
+    config = load_config(None, [f"data.train={EXAMPLE_DATA}", f"output_dir={output_dir}", *QUICKSTART, *overrides])
+    return run_sft(config, overwrite=True)

@@ -1,0 +1,255 @@
+"""A run's ``report.md``: what went in, how training went, and base vs tuned side by side.
+
+Everything is rebuilt from the files in the run directory, so a report can be regenerated at
+any time (``config.yaml``, ``metrics.json``, ``train_log.jsonl``, ``predictions.jsonl`` and
+``data_summary.json``; each one is optional and its section is skipped when it is missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+# Preferred metric for the one-line summary, best first; otherwise the first numeric one.
+HEADLINE_METRICS = ("accuracy", "f1", "exact_match", "rouge_l", "bleu", "perplexity")
+SAMPLES_PER_GROUP = 5
+CELL_CHARS = 120
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a line cut short by a killed run is skipped, not fatal."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
+    """Plot training loss (and eval loss points) against step; False if there is nothing to plot."""
+    rows = _read_jsonl(Path(log_path))
+    train = [(r["step"], r["loss"]) for r in rows if "step" in r and _is_number(r.get("loss"))]
+    if not train:
+        return False
+    evals = [
+        (r["step"], r["eval_loss"]) for r in rows if "step" in r and _is_number(r.get("eval_loss"))
+    ]
+
+    # Imported here because matplotlib is slow to import and only this function needs it;
+    # the Agg canvas renders off-screen without touching pyplot's global backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, format="png")
+    return True
+
+
+def _comparison_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
+    """(metric, base, tuned, change) for every numeric metric on either side, tuned order first."""
+    base = metrics.get("base") or {}
+    tuned = metrics.get("tuned") or {}
+    names = [k for k in tuned if _is_number(tuned[k])]
+    names += [k for k in base if _is_number(base[k]) and k not in names]
+    rows = []
+    for name in names:
+        b, t = base.get(name), tuned.get(name)
+        both = _is_number(b) and _is_number(t)
+        rows.append((
+            name,
+            f"{b:.4f}" if _is_number(b) else "-",
+            f"{t:.4f}" if _is_number(t) else "-",
+            f"{t - b:+.4f}" if both else "-",
+        ))
+    return rows
+
+
+COLUMNS = ("metric", "base", "tuned", "change")
+
+
+def comparison_table(metrics: dict) -> str:
+    """Base vs tuned as an aligned plain-text table for the terminal."""
+    rows = [COLUMNS, *_comparison_rows(metrics)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+
+    def line(row):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        return " | ".join(cells).rstrip()
+
+    rule = "-+-".join("-" * w for w in widths)
+    return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
+
+
+def _markdown_table(header: list[str], rows: list[list], align: str = "") -> str:
+    """A Markdown table; ``align`` gives one of l/r per column (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = [header, rule, *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in lines)
+
+
+def markdown_comparison_table(metrics: dict) -> str:
+    """Base vs tuned as a Markdown table for ``report.md``."""
+    return _markdown_table(list(COLUMNS), [list(r) for r in _comparison_rows(metrics)])
+
+
+def _summary_line(metrics: dict, n_examples: int) -> str:
+    """The headline metric in one line: "accuracy 0.80 -> 0.87 (+0.07) on 300 test examples"."""
+    base = metrics.get("base") or {}
+    tuned = metrics.get("tuned") or {}
+    numeric = [k for k in tuned if _is_number(tuned[k])]
+    if not numeric:
+        return "No evaluation metrics were recorded."
+    name = next((m for m in HEADLINE_METRICS if m in numeric), numeric[0])
+    t = tuned[name]
+    if _is_number(base.get(name)):
+        text = f"{name} {base[name]:.2f} -> {t:.2f} ({t - base[name]:+.2f})"
+    else:
+        text = f"{name} {t:.2f} (no baseline)"
+    return text + (f" on {n_examples} test examples." if n_examples else ".")
+
+
+def _escape(text) -> str:
+    """Keep a value on one table row: no newlines, and pipes that don't end the cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _cell(text, limit: int = CELL_CHARS) -> str:
+    if text is None:
+        return "-"
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _escape(text)
+
+
+def _data_section(summary: dict) -> list[str]:
+    """Scalars in one key/value table, then one small table per nested dict (e.g. label counts)."""
+    parts = []
+    scalars = [[_escape(k), _escape(v)] for k, v in summary.items() if not isinstance(v, dict)]
+    if scalars:
+        parts.append(_markdown_table(["item", "value"], scalars))
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            rows = [[_escape(k), _escape(json.dumps(v) if isinstance(v, (dict, list)) else v)]
+                    for k, v in value.items()]
+            counts = all(isinstance(v, int) for v in value.values())
+            parts.append(_markdown_table([_escape(key), "count" if counts else "value"], rows))
+    return parts
+
+
+def _training_section(train: dict, curve: bool) -> list[str]:
+    labels = {
+        "tokens": ("Tokens", lambda v: f"{v:,}"),
+        "seconds": ("Time", lambda v: f"{v:,.1f} s"),
+        "tokens_per_second": ("Throughput", lambda v: f"{v:,.1f} tokens/s"),
+        "peak_rss_mb": ("Peak RSS", lambda v: f"{v:,.0f} MB"),
+        "final_loss": ("Final loss", lambda v: f"{v:.4f}"),
+    }
+    lines = [f"- {label}: {fmt(train[key])}" for key, (label, fmt) in labels.items()
+             if _is_number(train.get(key))]
+    lines += [f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}"
+              for key, value in train.items()
+              if key not in labels and not isinstance(value, (dict, list))]
+    parts = ["\n".join(lines)] if lines else []
+    if curve:
+        parts.append("![training curve](training_curve.png)")
+    return parts
+
+
+def _confusion_matrices(metrics: dict) -> list[str]:
+    parts = []
+    for side in ("base", "tuned"):
+        cm = (metrics.get(side) or {}).get("confusion_matrix")
+        if not isinstance(cm, dict):
+            continue
+        labels = [_escape(label) for label in cm["labels"]]
+        rows = [[labels[i], *counts] for i, counts in enumerate(cm["matrix"])]
+        table = _markdown_table(["reference \\ predicted", *labels], rows)
+        caption = f"**Confusion matrix, {side}** (rows: reference, columns: prediction)"
+        parts.append(f"{caption}\n\n{table}")
+    return parts
+
+
+def _samples_section(predictions: list[dict]) -> list[str]:
+    """A few examples the tuned model got wrong and right, the quickest sanity check of a run."""
+    groups = [("Tuned model wrong", False), ("Tuned model right", True), ("Not scored", None)]
+    parts = []
+    for title, flag in groups:
+        picked = [p for p in predictions if p.get("tuned_correct") is flag][:SAMPLES_PER_GROUP]
+        if not picked:
+            continue
+        rows = [[_cell(p.get("id")), _cell(p.get("input")), _cell(p.get("reference")),
+                 _cell(p.get("base_prediction")), _cell(p.get("tuned_prediction"))]
+                for p in picked]
+        table = _markdown_table(["id", "input", "reference", "base", "tuned"], rows, align="lllll")
+        parts.append(f"**{title}**\n\n{table}")
+    return parts
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.md`` atomically, so a reader never sees half a report."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    config_text = config_path.read_text() if config_path.exists() else ""
+    config = yaml.safe_load(config_text) if config_text else None
+    run_name = config.get("run_name") if isinstance(config, dict) else None
+    metrics = _read_json(run_dir / "metrics.json") or {}
+    predictions = _read_jsonl(run_dir / "predictions.jsonl")
+    data_summary = _read_json(run_dir / "data_summary.json") or metrics.get("data")
+    curve = plot_training_curve(run_dir / "train_log.jsonl", run_dir / "training_curve.png")
+
+    sections = [(f"# {run_name or run_dir.name}", [])]
+    if metrics.get("tuned"):
+        sections.append(("## Summary", [_summary_line(metrics, len(predictions))]))
+    if data_summary:
+        sections.append(("## Data", _data_section(data_summary)))
+    training = _training_section(metrics.get("train") or {}, curve)
+    if training:
+        sections.append(("## Training", training))
+    if metrics.get("tuned") or metrics.get("base"):
+        evaluation = [markdown_comparison_table(metrics), *_confusion_matrices(metrics)]
+        sections.append(("## Evaluation", evaluation))
+    samples = _samples_section(predictions)
+    if samples:
+        sections.append(("## Sample predictions", samples))
+    if config_text:
+        sections.append(("## Config", [f"```yaml\n{config_text.rstrip()}\n```"]))
+
+    text = "\n\n".join("\n\n".join([heading, *body]) for heading, body in sections) + "\n"
+    report_path = run_dir / "report.md"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".md.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, report_path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return report_path

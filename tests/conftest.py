@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny random Llama and a tiny BPE tokenizer built in memory (no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "the movie was great and the acting was wonderful",
+    "a dull, tedious film with a terrible script",
+    "positive negative classify the following text as one of answer with the label only",
+    "What is the capital of France? Paris is the capital of France.",
+    "Hello! How are you today? I am fine, thank you.",
+] * 20
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        bos_token="<|im_start|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved 2-layer, 64-wide Llama with the tiny tokenizer: a model folder like any other."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, eos_token_id=tiny_tokenizer.eos_token_id,
+                         pad_token_id=tiny_tokenizer.pad_token_id, bos_token_id=tiny_tokenizer.bos_token_id)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Never touch the user's ~/.tunelab from a test."""
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "tunelab-home"))
+
+
+@pytest.fixture
+def sentiment_file(tmp_path):
+    """A small text/label file with a learnable signal."""
+    good = ["great", "wonderful", "brilliant", "moving", "fun"]
+    bad = ["dull", "terrible", "tedious", "awful", "boring"]
+    rows = []
+    for i in range(60):
+        word = (good if i % 2 == 0 else bad)[i % 5]
+        rows.append({"text": f"the movie was {word}", "label": "positive" if i % 2 == 0 else "negative"})
+    path = tmp_path / "sentiment.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
