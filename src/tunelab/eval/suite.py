@@ -12,6 +12,7 @@ from tunelab.data.records import Record
 from tunelab.data.templates import Encoded, encode_chat, encode_text, prompt_text, record_to_messages
 from tunelab.eval.evaluate import choice_probabilities, generate, heldout_nll, score_choices
 from tunelab.eval.metrics import expected_calibration_error, label_metrics, perplexity, text_metrics
+from tunelab.precision import autocast_like
 
 MAX_LABELS = 20
 
@@ -72,6 +73,12 @@ def evaluate_model(model, tokenizer, task: EvalTask, batch_size: int, max_new_to
                    arm: str) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions ({prediction, correct, confidence}) for one model."""
     model.eval()
+    with autocast_like(model):
+        return _evaluate(model, tokenizer, task, batch_size, max_new_tokens, max_length, arm)
+
+
+def _evaluate(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens: int, max_length: int,
+              arm: str) -> tuple[dict, list[dict]]:
     metrics: dict = {}
     predictions: list[dict] = []
     if task.choices:

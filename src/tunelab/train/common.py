@@ -18,27 +18,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 
 from tunelab.config import RunConfig
+from tunelab.precision import autocast_like
 from tunelab.train.loss import loss_sum
-
-
-def pick_dtype(precision: str, method: str) -> torch.dtype:
-    """bf16 frozen weights where bf16 matmuls are fast (CUDA, or CPUs with AVX512-BF16/AMX)."""
-    if precision == "fp32" or method == "full":
-        return torch.float32  # full fine-tuning updates every weight; keep them in fp32
-    if precision == "bf16":
-        return torch.bfloat16
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def peak_rss_mb() -> float:
@@ -58,7 +39,8 @@ class AnswerLossTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        total, count = loss_sum(model, inputs)
+        with autocast_like(model):
+            total, count = loss_sum(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = total / denominator
         return (loss, None) if return_outputs else loss

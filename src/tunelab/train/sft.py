@@ -26,8 +26,9 @@ from tunelab.eval.suite import build_eval_task, evaluate_model, label_choices, p
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.report import comparison_table, write_report
+from tunelab.precision import pick_dtype
 from tunelab.train.common import (AnswerLossTrainer, JsonlLogCallback, LossInBarProgress, peak_rss_mb,
-                                  pick_dtype, training_arguments)
+                                  training_arguments)
 from tunelab.train.methods import apply_method, parameter_counts
 
 
