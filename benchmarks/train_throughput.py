@@ -229,7 +229,7 @@ def run_trl(i: int, model_dir: Path, files: dict, sizes: dict, work: Path, env: 
 def tunelab_cmd(i: int, files: dict, sizes: dict, work: Path) -> list[str]:
     return [sys.executable, "-m", "tunelab.cli", "train", "/dev/null", f"model={MODEL}",
             f"data.train={files['train']}", f"data.val={files['heldout']}", f"data.test={files['heldout']}",
-            "lora.r=16", "lora.alpha=32", "lora.dropout=0.05", f"train.max_length={sizes['max_length']}",
+            "lora.r=16", "lora.alpha=32", f"train.max_length={sizes['max_length']}",
             "train.batch_size=8", "train.epochs=1", "eval.baseline=false", f"run_name=run{i}",
             f"output_dir={work / 'tunelab-runs'}", "--overwrite"]
 
@@ -284,7 +284,7 @@ def markdown(res: dict) -> str:
         f"{res['versions']['transformers']}, peft {res['versions']['peft']}, trl {res['versions']['trl']}"
         + (" · **--quick (development smoke run, not a result)**" if res["quick"] else ""),
         "",
-        f"SmolLM2-135M-Instruct, LoRA r=16 alpha=32 dropout 0.05 on all linear layers, lr 2e-4, 1 epoch, "
+        f"SmolLM2-135M-Instruct, LoRA r=16 alpha=32 dropout 0 (peft and tunelab default) on all linear layers, lr 2e-4, 1 epoch, "
         f"max_length {cfg['max_length']}, batch size 8. Data: {cfg['train']} training and {cfg['heldout']} "
         f"held-out prompt/completion examples built from data/examples/movie_sentiment.jsonl "
         f"(k = 1..{cfg['max_k']} numbered review sentences -> k numbered labels; {tok['min']}-{tok['max']} "

@@ -63,7 +63,7 @@ def main() -> None:
         logging_steps=5,  # the same logging cadence as tunelab, so "final loss" means the same thing
         seed=42,
     )
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     # The model as a local folder: TRL loads it itself, in float32 unless model_init_kwargs say otherwise.
     trainer = SFTTrainer(model=args.model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=lora)

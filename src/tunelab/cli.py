@@ -7,18 +7,22 @@ Ctrl-C exits 130 after whatever was saved atomically so far.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 
 from tunelab.errors import TunelabError
 
 
 def cmd_train(args) -> None:
     from tunelab.config import load_config
+    from tunelab.train.pretrain import run_pretrain
     from tunelab.train.sft import run_sft
 
     config = load_config(args.config, args.overrides)
-    run_sft(config, resume=args.resume, overwrite=args.overwrite)
+    recipe = {"sft": run_sft, "pretrain": run_pretrain}[config.task]
+    recipe(config, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_quickstart(args) -> None:
@@ -37,7 +41,9 @@ def cmd_data_prepare(args) -> None:
     from tunelab.data.prepare import format_summary, prepare_data
 
     summary = prepare_data(args.inputs, args.out, shape=args.shape, val_fraction=args.val_fraction,
-                           test_fraction=args.test_fraction, seed=args.seed, on_error=args.on_error)
+                           test_fraction=args.test_fraction, seed=args.seed, on_error=args.on_error,
+                           pii=args.pii,
+                           near_dup_threshold=args.near_dup_threshold if args.near_dup_threshold > 0 else None)
     print(format_summary(summary))
 
 
@@ -74,13 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--on-error", choices=["quarantine", "raise"], default="quarantine")
+    p.add_argument("--pii", choices=["report", "redact", "drop", "off"], default="report",
+                   help="emails, phones, cards, IBANs, IPs, SSNs, secrets: count them (report), replace "
+                        "them with placeholders (redact), or quarantine their rows (drop)")
+    p.add_argument("--near-dup-threshold", type=float, default=0.85, metavar="FLOAT",
+                   help="similarity (word 5-gram Jaccard) at which a row is a near duplicate of an "
+                        "earlier one or a val/test row leaks a train row; 0 turns both checks off")
     p.set_defaults(func=cmd_data_prepare)
     return parser
 
 
+def quiet_library_noise() -> None:
+    """Hide warnings users cannot act on (deprecations inside libraries, optional hub kernels)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    # bitsandbytes tries to fetch an optional CPU kernel from the hub and warns when it cannot.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_library_noise()
     try:
         args.func(args)
     except TunelabError as exc:

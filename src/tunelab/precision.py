@@ -30,6 +30,11 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def autocast_like(model) -> torch.autocast:
-    """bf16 autocast when the frozen weights are bf16, so fp32 adapters run their matmuls in bf16 too."""
-    param = next(model.parameters())
-    return torch.autocast(param.device.type, dtype=torch.bfloat16, enabled=param.dtype == torch.bfloat16)
+    """bf16 autocast when the frozen weights are bf16, so fp32 adapters run their matmuls in bf16 too.
+
+    Any bf16 weight turns it on: method freeze mixes fp32 trained modules (which may come first, as
+    embeddings do) with bf16 frozen ones, and those only meet inside autocast.
+    """
+    params = list(model.parameters())
+    enabled = any(p.dtype == torch.bfloat16 for p in params)
+    return torch.autocast(params[0].device.type, dtype=torch.bfloat16, enabled=enabled)

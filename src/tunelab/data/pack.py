@@ -55,3 +55,22 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int) -> dict[str, to
     # Padding tokens only see padding (never a fully masked row, which would give NaN).
     mask = (same_segment & causal)[:, None, :, :]
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask}
+
+
+def collate_padded(rows: list[list[Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One example per row, right-padded, with a 2D [B,T] padding mask and default positions.
+
+    For prefix and prompt tuning, which add virtual tokens inside peft and accept only a 2D mask.
+    """
+    if any(len(row) != 1 for row in rows):
+        raise ValueError("collate_padded takes one example per row; pack rows only for collate_packed")
+    width = max(len(row[0].input_ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, (example,) in enumerate(rows):
+        n = len(example.input_ids)
+        input_ids[b, :n] = torch.tensor(example.input_ids)
+        labels[b, :n] = torch.tensor(example.labels)
+        attention_mask[b, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

@@ -89,4 +89,6 @@ def encode_text(tokenizer, text: str, max_length: int) -> list[Encoded]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
-    return [Encoded(ids[i:i + max_length], ids[i:i + max_length]) for i in range(0, len(ids), max_length)]
+    chunks = [ids[i:i + max_length] for i in range(0, len(ids), max_length)]
+    # A one-token chunk has nothing to predict (a row's first token is never a target).
+    return [Encoded(chunk, chunk) for chunk in chunks if len(chunk) > 1]

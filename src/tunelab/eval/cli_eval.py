@@ -19,7 +19,7 @@ from tunelab.report import comparison_table
 def _load_run(run_dir: Path):
     from peft import PeftModel
 
-    from tunelab.train.sft import load_base
+    from tunelab.train.setup import load_base
 
     config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
     tokenizer, base = load_base(config)
@@ -46,7 +46,7 @@ def evaluate_cli(model: str, data: str, out: str | None, max_examples: int | Non
     if is_run:
         config, tokenizer, base, tuned, labels = _load_run(run_dir)
     else:
-        from tunelab.train.sft import load_base
+        from tunelab.train.setup import load_base
 
         config = RunConfig(model=model)
         tokenizer, tuned = load_base(config)

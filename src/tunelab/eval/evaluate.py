@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tunelab.data.pack import collate_packed, pack
+from tunelab.data.pack import collate_packed, collate_padded, pack
 from tunelab.data.templates import Encoded
-from tunelab.train.loss import loss_sum
+from tunelab.train.loss import adds_virtual_tokens, loss_sum
 
 
 def _batches(items: list, size: int):
@@ -44,6 +44,7 @@ def score_choices(model, tokenizer, prompts: list[str], choices: list[str], batc
             input_ids[k, :len(s)] = torch.tensor(s)
             attention[k, :len(s)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
+        logits = logits[:, -width:]  # prompt tuning returns logits for its virtual tokens first
         for k, (i, j) in enumerate(batch):
             start, n = len(prompt_ids[i]), len(choice_ids[j])
             step_logits = logits[k, start - 1:start - 1 + n].float()
@@ -86,12 +87,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, ba
 @torch.no_grad()
 def heldout_nll(model, examples: list[Encoded], max_length: int, pad_token_id: int, batch_size: int = 8,
                 desc: str = "held-out loss") -> tuple[float, int]:
-    """Summed loss and loss-token count over examples, packed like training."""
+    """Summed loss and loss-token count over examples, packed like training (unpacked for virtual tokens)."""
     device = next(model.parameters()).device
-    rows = pack(examples, max_length)
+    if adds_virtual_tokens(model):
+        rows, collate = [[e] for e in examples], collate_padded
+    else:
+        rows, collate = pack(examples, max_length), collate_packed
     total, tokens = 0.0, 0
     for batch in tqdm(list(_batches(rows, batch_size)), desc=desc, leave=False):
-        tensors = {k: v.to(device) for k, v in collate_packed(batch, pad_token_id).items()}
+        tensors = {k: v.to(device) for k, v in collate(batch, pad_token_id).items()}
         loss, n = loss_sum(model, tensors)
         total += float(loss)
         tokens += n

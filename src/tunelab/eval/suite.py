@@ -115,3 +115,19 @@ def prediction_rows(task: EvalTask, arms: dict[str, list[dict]]) -> list[dict]:
                 row[f"{arm}_confidence"] = preds[i]["confidence"]
         rows.append(row)
     return rows
+
+
+def evaluate_arms(model, tokenizer, task: EvalTask, config, load_base_model) -> tuple[dict, dict]:
+    """Evaluate the base model (adapters disabled, or reloaded) and the tuned model on one task."""
+    args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
+    metrics, arms = {}, {}
+    if config.eval.baseline:
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                metrics["base"], arms["base"] = evaluate_model(model, tokenizer, task, *args, "base")
+        else:
+            base = load_base_model()
+            metrics["base"], arms["base"] = evaluate_model(base, tokenizer, task, *args, "base")
+            del base
+    metrics["tuned"], arms["tuned"] = evaluate_model(model, tokenizer, task, *args, "tuned")
+    return metrics, arms

@@ -16,10 +16,15 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from tunelab.config import RunConfig
+from tunelab.data.pack import collate_packed, collate_padded
+from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.precision import autocast_like
+from tunelab.report import comparison_table, write_report
 from tunelab.train.loss import loss_sum
+from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
 
 
 def peak_rss_mb() -> float:
@@ -74,12 +79,24 @@ class JsonlLogCallback(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
+def micro_batch_plan(batch_size: int, max_length: int, micro_batch_tokens: int) -> tuple[int, int]:
+    """Split ``batch_size`` rows into equal micro-batches of at most ``micro_batch_tokens`` tokens.
+
+    Returns (rows per micro-batch, micro-batches per step). Activation memory grows with the tokens
+    in one forward pass, not with the batch size, so this caps memory without changing the update.
+    """
+    most = max(1, micro_batch_tokens // max_length)
+    rows = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= most)
+    return rows, batch_size // rows
+
+
 def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
     t = config.train
+    rows, accumulation = micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
+        per_device_train_batch_size=rows,
+        gradient_accumulation_steps=t.gradient_accumulation * accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
@@ -100,3 +117,52 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArgum
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
+
+
+def fit(model, tokenizer, rows: list, config: RunConfig, run_dir: Path, resume: bool) -> dict:
+    """Train on packed rows with Trainer, save the adapter (or full model), return training figures."""
+    collate = collate_packed
+    if config.method in VIRTUAL_TOKEN_METHODS:
+        rows, collate = [[e] for row in rows for e in row], collate_padded
+        if config.train.packing:
+            print(f"packing: off for method {config.method} (peft adds its virtual tokens to a 2D padding "
+                  f"mask only, not to packed rows); {len(rows)} rows of one example each", flush=True)
+    tokens_per_row = [sum(len(e.input_ids) for e in row) for row in rows]
+    batch = config.train.batch_size * config.train.gradient_accumulation
+    tokens_per_step = [sum(tokens_per_row[i:i + batch]) for i in range(0, len(rows), batch)]
+    trainer = AnswerLossTrainer(
+        model=model,
+        args=training_arguments(config, run_dir / "checkpoints"),
+        train_dataset=rows,
+        data_collator=lambda batch_rows: collate(batch_rows, tokenizer.pad_token_id),
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress)
+    checkpoints = run_dir / "checkpoints"
+    checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    steps = trainer.state.global_step
+    first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+    tokens = sum(tokens_per_step[i % len(tokens_per_step)] for i in range(first_step, steps))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {"tokens": tokens, "seconds": round(seconds, 2),
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
+            "steps": steps, "rows": len(rows)}
+
+
+def finish_run(run_dir: Path, metrics: dict, predictions: list[dict]) -> dict:
+    """Write metrics.json, predictions.jsonl and report.md, and print the base-vs-tuned table."""
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)
+    report = write_report(run_dir)
+    print(comparison_table(metrics))
+    print(f"run folder: {run_dir}  (report: {report})")
+    return metrics

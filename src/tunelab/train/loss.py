@@ -28,11 +28,17 @@ def supports_selective_logits(model) -> bool:
     config = base.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return False
-    if getattr(model, "peft_config", None):
-        peft_type = str(next(iter(model.peft_config.values())).peft_type)
-        if any(k in peft_type for k in ("PREFIX", "PROMPT", "P_TUNING")):
-            return False  # these rewrite the inputs inside PeftModel.forward
+    if adds_virtual_tokens(model):
+        return False  # these rewrite the inputs inside PeftModel.forward
     return base.get_output_embeddings() is not None and hasattr(base, "get_decoder")
+
+
+def adds_virtual_tokens(model) -> bool:
+    """Prefix, prompt and p-tuning: peft prepends virtual tokens and takes only a 2D attention mask."""
+    if not getattr(model, "peft_config", None):
+        return False
+    peft_type = str(next(iter(model.peft_config.values())).peft_type)
+    return any(k in peft_type for k in ("PREFIX", "PROMPT", "P_TUNING"))
 
 
 def attention_mask_for(model, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -60,7 +66,7 @@ def selective_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     rows = hidden[:, :-1][keep]
     targets = targets[keep]
     head = base.get_output_embeddings()
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden[:, :0].float().sum()  # zero that stays in the graph when a batch has no loss tokens
     for start in range(0, rows.shape[0], CHUNK_ROWS):
         logits = head(rows[start:start + CHUNK_ROWS]).float()
         total = total + F.cross_entropy(logits, targets[start:start + CHUNK_ROWS], reduction="sum")
@@ -69,8 +75,10 @@ def selective_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 
 def reference_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """The plain path: full logits from the model's own forward. Used for checks and fallbacks."""
+    width = batch["input_ids"].shape[1]
     logits = model(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
-                   position_ids=batch.get("position_ids"), use_cache=False).logits.float()
+                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    logits = logits[:, -width:].float()  # prompt tuning returns logits for its virtual tokens first
     targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE_INDEX, reduction="sum")

@@ -1,0 +1,42 @@
+"""Continued-pretraining recipe: raw text, every token trained; judged by held-out perplexity.
+
+Documents are tokenized, cut into chunks of ``train.max_length`` tokens and packed like SFT
+examples (each chunk keeps its own positions and mask). The base and tuned models are compared on
+the perplexity of held-out documents.
+"""
+
+from __future__ import annotations
+
+import random
+
+from tunelab.config import RunConfig
+from tunelab.data.pack import pack
+from tunelab.data.templates import encode_text
+from tunelab.eval.suite import build_eval_task, evaluate_arms
+from tunelab.train.common import finish_run, fit
+from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
+
+
+def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    # ---- setup
+    run = start_run(config, resume, overwrite, kinds=("text",),
+                    hint='continued pretraining reads raw text rows ({"text": ...}); use task: sft for answers')
+    tokenizer, length, seed = run.tokenizer, config.train.max_length, config.train.seed
+    data_summary = write_data_summary(run.run_dir, run.splits)
+    chunks = [c for r in run.splits.train for c in encode_text(tokenizer, r.text, length)]
+    random.Random(seed).shuffle(chunks)
+    rows = pack(chunks, length) if config.train.packing else [[c] for c in chunks]
+    heldout = run.splits.test or run.splits.val
+    if config.eval.max_examples and len(heldout) > config.eval.max_examples:
+        heldout = random.Random(seed).sample(heldout, config.eval.max_examples)
+    eval_task = build_eval_task(tokenizer, [], heldout, "text", None, config.data.label_prompt, None, length)
+    model, counts = with_method(run.model, config)
+
+    # ---- train
+    train_metrics = fit(model, tokenizer, rows, config, run.run_dir, resume) | {"chunks": len(chunks), **counts}
+
+    # ---- evaluate: held-out perplexity, base (adapters disabled) vs tuned
+    metrics, _ = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
+
+    # ---- save and report
+    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary}, [])

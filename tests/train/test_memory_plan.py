@@ -1,0 +1,43 @@
+"""Micro-batching bounds memory without changing the update."""
+
+import pytest
+import torch
+
+from tunelab.data.pack import collate_packed
+from tunelab.data.templates import encode_chat
+from tunelab.train.common import AnswerLossTrainer, micro_batch_plan
+
+
+@pytest.mark.parametrize("batch,length,budget,expected", [
+    (8, 512, 1024, (2, 4)),
+    (8, 512, 4096, (8, 1)),
+    (4, 256, 1024, (4, 1)),
+    (6, 512, 2048, (3, 2)),   # largest divisor of 6 that fits 4 rows
+    (5, 512, 1024, (1, 5)),
+    (2, 4096, 1024, (1, 2)),  # one row is over budget on its own: one row per micro-batch
+])
+def test_micro_batch_plan(batch, length, budget, expected):
+    rows, steps = micro_batch_plan(batch, length, budget)
+    assert (rows, steps) == expected and rows * steps == batch
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    words = [("great", "positive"), ("dull", "negative"), ("a wonderful, moving film", "positive"), ("awful", "negative")]
+    rows = [[encode_chat(tiny_tokenizer, [{"role": "user", "content": f"the movie was {w}"},
+                                          {"role": "assistant", "content": label}], 64)] for w, label in words]
+    pad = tiny_tokenizer.pad_token_id
+    full = collate_packed(rows, pad)
+    total = int((full["labels"][:, 1:] != -100).sum())
+    compute_loss = AnswerLossTrainer.compute_loss
+
+    model.zero_grad()
+    compute_loss(None, model, full, num_items_in_batch=total).backward()
+    reference = model.model.layers[1].mlp.up_proj.weight.grad.clone()
+
+    model.zero_grad()
+    for half in (rows[:1], rows[1:]):  # unequal halves with unequal token counts
+        compute_loss(None, model, collate_packed(half, pad), num_items_in_batch=total).backward()
+    assert torch.allclose(model.model.layers[1].mlp.up_proj.weight.grad, reference, atol=1e-6)
