@@ -189,7 +189,7 @@ def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: i
     from transformers import AutoModelForCausalLM
 
     from tunelab.eval.evaluate import generate
-    from tunelab.train.common import pick_dtype
+    from tunelab.precision import pick_dtype
 
     dtype = pick_dtype("auto", "lora")  # the dtype tunelab evaluates in after training on this machine
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").eval()
