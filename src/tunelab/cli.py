@@ -17,11 +17,12 @@ from tunelab.errors import TunelabError
 
 def cmd_train(args) -> None:
     from tunelab.config import load_config
+    from tunelab.train.classify import run_classification
     from tunelab.train.pretrain import run_pretrain
     from tunelab.train.sft import run_sft
 
     config = load_config(args.config, args.overrides)
-    recipe = {"sft": run_sft, "pretrain": run_pretrain}[config.task]
+    recipe = {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification}[config.task]
     recipe(config, resume=args.resume, overwrite=args.overwrite)
 
 
@@ -37,6 +38,12 @@ def cmd_eval(args) -> None:
     evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline)
 
 
+def cmd_export(args) -> None:
+    from tunelab.export import export_run
+
+    export_run(args.run_dir, args.out, dtype=args.dtype, max_diff=args.max_diff)
+
+
 def cmd_data_prepare(args) -> None:
     from tunelab.data.prepare import format_summary, prepare_data
 
@@ -45,6 +52,17 @@ def cmd_data_prepare(args) -> None:
                            pii=args.pii,
                            near_dup_threshold=args.near_dup_threshold if args.near_dup_threshold > 0 else None)
     print(format_summary(summary))
+
+
+def cmd_data_export(args) -> None:
+    from tunelab.data.export import check_export, format_check, write_export
+
+    check = check_export(args.file, model_limit=args.model_limit, system_prompt=args.system_prompt,
+                         epochs=args.epochs)
+    print(format_check(check))
+    out, rejected = write_export(check, args.out, drop_invalid=args.drop_invalid)
+    print(f"Wrote {len(check.valid)} examples to {out}"
+          + (f"; {len(check.invalid)} failing examples with reasons to {rejected}" if rejected else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the base model")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("export", help="merge a run's adapter into its base; write a standalone model folder")
+    p.add_argument("run_dir", help="run folder made by tunelab train")
+    p.add_argument("--out", required=True, help="new folder for the exported model")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the saved weights")
+    p.add_argument("--max-diff", type=float, default=None, metavar="FLOAT",
+                   help="largest allowed log-prob difference between the adapter model and the export on the "
+                        "golden prompts (default 1e-3 for fp32, 1.0 for bf16, 0.25 for fp16)")
+    p.set_defaults(func=cmd_export)
+
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="validate, normalize, de-duplicate and split; quarantine bad rows")
     p.add_argument("inputs", nargs="+")
@@ -87,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="similarity (word 5-gram Jaccard) at which a row is a near duplicate of an "
                         "earlier one or a val/test row leaks a train row; 0 turns both checks off")
     p.set_defaults(func=cmd_data_prepare)
+
+    p = data.add_parser("export", help="check a data file and write it as chat JSONL for hosted fine-tuning APIs")
+    p.add_argument("file", help="prepared split or raw data file with chat or text/label rows")
+    p.add_argument("--format", choices=["openai"], default="openai",
+                   help='{"messages": [...]} rows, as OpenAI-style fine-tuning APIs accept')
+    p.add_argument("--out", required=True, help="output .jsonl file")
+    p.add_argument("--model-limit", type=int, default=16385, metavar="N",
+                   help="most tokens one training example may have")
+    p.add_argument("--system-prompt", default=None, metavar="TEXT",
+                   help="system message put first in examples that have none")
+    p.add_argument("--epochs", type=int, default=3, help="epochs for the training-token estimate")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="write the valid examples, and the failing ones with reasons to OUT.rejected.jsonl")
+    p.set_defaults(func=cmd_data_export)
     return parser
 
 

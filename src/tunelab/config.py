@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.data.templates import DEFAULT_LABEL_PROMPT
 from tunelab.errors import ConfigError
 
-Task = Literal["sft", "pretrain"]
+Task = Literal["sft", "pretrain", "classification"]
 Method = Literal["lora", "dora", "rslora", "qlora", "ia3", "prefix", "prompt", "freeze", "full"]
 
 
@@ -128,6 +128,14 @@ class FreezeConfig(Section):
         return self
 
 
+class ClassificationConfig(Section):
+    """task: classification, a sequence-classification head trained on text/label rows."""
+
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight each class's loss by n / (k * count of the class) in the train "
+        "split (inverse frequency), so rare labels count as much as common ones.")
+
+
 class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model on the same examples and prompt.")
     max_examples: int | None = Field(None, gt=0, description="Seeded subset of the test split.")
@@ -148,6 +156,7 @@ class RunConfig(Section):
     prefix: PrefixConfig = PrefixConfig()
     prompt: PromptConfig = PromptConfig()
     freeze: FreezeConfig = FreezeConfig()
+    classification: ClassificationConfig = ClassificationConfig()
     eval: EvalConfig = EvalConfig()
     output_dir: str = "runs"
 

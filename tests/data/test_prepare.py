@@ -11,7 +11,8 @@ from tunelab.data.formats import read_records
 from tunelab.data.prepare import format_summary, normalize_text, prepare_data, reason_category
 from tunelab.errors import DataError
 
-OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "quarantine.jsonl", "summary.json")
+OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "quarantine.jsonl", "summary.json", "report.md",
+                "token_lengths_train.png", "token_lengths_val.png", "token_lengths_test.png")
 
 
 def pc(i: int, **extra) -> str:

@@ -22,6 +22,7 @@ from tunelab.data.dedup import DEFAULT_THRESHOLD, NearDuplicateIndex, cross_spli
 from tunelab.data.formats import MAX_RAW_CHARS, common_kind, read_records
 from tunelab.data.pii import PII_TYPES, redact_record
 from tunelab.data.records import Record, Rejected
+from tunelab.data.report import write_data_report
 from tunelab.data.split import content_hash, split_records
 from tunelab.errors import DataError, TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl
@@ -70,7 +71,7 @@ def prepare_data(
     near_dup_threshold: float | None = DEFAULT_THRESHOLD,
 ) -> dict:
     """Read, normalize, check for PII, de-duplicate and split ``inputs``; write the splits,
-    quarantine.jsonl and summary.json into ``out_dir`` and return the summary.
+    quarantine.jsonl, summary.json and report.md into ``out_dir`` and return the summary.
 
     ``pii``: ``report`` counts finds and changes nothing, ``redact`` replaces them with typed
     placeholders, ``drop`` quarantines rows that have any, ``off`` skips the check.
@@ -139,6 +140,7 @@ def prepare_data(
     summary["content_hash"] = {name: content_hash(r.to_json() for r in split)
                                for name, split in splits.items()}
     atomic_write_json(out / "summary.json", summary)
+    write_data_report(out, summary)
     return summary
 
 
@@ -164,6 +166,7 @@ def format_summary(summary: dict) -> str:
     else:
         lines.append(f"Near duplicates removed: {summary['near_duplicates']}; val/test rows removed "
                      f"as near duplicates of train rows (leaks): {summary['leaks_removed']}")
+    lines.append(f"Data report: {Path(summary['quarantine_file']).with_name('report.md')}")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ def quantization_config(config: RunConfig) -> BitsAndBytesConfig | None:
                               bnb_4bit_use_double_quant=qlora.double_quant)
 
 
-def apply_method(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, config: RunConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
     if config.method == "full":
         for param in model.parameters():
             param.requires_grad_(True)
@@ -53,29 +53,30 @@ def apply_method(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module:
         # then repacks the 4-bit weights for inference, and no gradient passes through them after that.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # peft keeps adapter weights in fp32 (autocast_adapter_dtype) while the frozen base may be bf16.
-    return get_peft_model(model, peft_config(config, model.name_or_path))
+    return get_peft_model(model, peft_config(config, model.name_or_path, task_type))
 
 
-def peft_config(config: RunConfig, model_dir: str) -> PeftConfig:
+def peft_config(config: RunConfig, model_dir: str, task_type: str = "CAUSAL_LM") -> PeftConfig:
+    """peft's config for the method; task_type SEQ_CLS also keeps a new classifier head trainable."""
     method = config.method
     if method in LORA_METHODS:
         lora = config.lora
         return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=lora.target_modules, use_dora=method == "dora",
-                              use_rslora=method == "rslora", task_type="CAUSAL_LM")
+                              use_rslora=method == "rslora", task_type=task_type)
     if method == "ia3":
         return IA3Config(target_modules=config.ia3.target_modules,
-                         feedforward_modules=config.ia3.feedforward_modules, task_type="CAUSAL_LM")
+                         feedforward_modules=config.ia3.feedforward_modules, task_type=task_type)
     if method == "prefix":
-        return PrefixTuningConfig(num_virtual_tokens=config.prefix.num_virtual_tokens, task_type="CAUSAL_LM",
+        return PrefixTuningConfig(num_virtual_tokens=config.prefix.num_virtual_tokens, task_type=task_type,
                                   init_weights="zero" if config.prefix.init == "zero" else None)
     if method == "prompt":
         prompt = config.prompt
         if prompt.init_text is None:
-            return PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens, task_type="CAUSAL_LM")
+            return PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens, task_type=task_type)
         return PromptTuningConfig(num_virtual_tokens=prompt.num_virtual_tokens, prompt_tuning_init="TEXT",
                                   prompt_tuning_init_text=prompt.init_text, tokenizer_name_or_path=model_dir,
-                                  task_type="CAUSAL_LM")
+                                  task_type=task_type)
     raise ValueError(f"no peft config for method {method!r}")
 
 

@@ -7,6 +7,7 @@ next attempt with "run folder already exists".
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,13 +55,18 @@ def load_base(config: RunConfig):
     return tokenizer, model
 
 
-def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str, ...], hint: str) -> Started:
-    """Load and check data, load the model, then create the run folder with config and quarantine."""
+def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str, ...], hint: str,
+              load: Callable[[RunConfig, Splits], tuple] | None = None) -> Started:
+    """Load and check data, load the model, then create the run folder with config and quarantine.
+
+    ``load(config, splits)`` returns (tokenizer, model) for recipes whose model is not the causal LM of
+    load_base, such as a classification head sized by the label set.
+    """
     set_seed(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
     if splits.kind not in kinds:
         raise TunelabError(f"{config.data.train}: the rows are {splits.kind} records; {hint}")
-    tokenizer, model = load_base(config)
+    tokenizer, model = load(config, splits) if load else load_base(config)
     run_dir = prepare_run_dir(config, resume, overwrite)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))
     write_quarantine(splits.quarantined, run_dir / "quarantine.jsonl")
@@ -75,9 +81,9 @@ def write_data_summary(run_dir: Path, splits: Splits, **extra) -> dict:
     return summary
 
 
-def with_method(model, config: RunConfig) -> tuple[object, dict]:
+def with_method(model, config: RunConfig, task_type: str = "CAUSAL_LM") -> tuple[object, dict]:
     """Apply the training method; print and return trainable vs total parameter counts."""
-    model = apply_method(model, config)
+    model = apply_method(model, config, task_type)
     counts = parameter_counts(model)
     print(f"model: {config.model} ({next(model.parameters()).dtype}), method {config.method}: "
           f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters", flush=True)

@@ -1,0 +1,235 @@
+"""Sequence-classification recipe: setup -> train -> evaluate (untrained head vs tuned) -> save and report.
+
+A task-specific head (AutoModelForSequenceClassification) goes on an encoder such as the embedded
+``minilm-l6`` or on a decoder, one output per label of the train split. Texts are tokenized once,
+padded per batch, and batches group texts of similar length. The loss is cross-entropy, optionally
+weighted by inverse class frequency. The base arm is the same model before training: a fresh head
+guesses at chance level, which is the honest baseline for a head that did not exist before.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils.class_weight import compute_class_weight
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
+from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from tunelab.config import RunConfig
+from tunelab.data.dataset import Splits
+from tunelab.data.records import Record
+from tunelab.errors import TunelabError
+from tunelab.eval.metrics import expected_calibration_error, label_metrics
+from tunelab.eval.suite import EvalTask, prediction_rows
+from tunelab.io import atomic_write_json
+from tunelab.models import resolve_model
+from tunelab.precision import autocast_like, pick_dtype
+from tunelab.train.common import JsonlLogCallback, LossInBarProgress, finish_run, peak_rss_mb, training_arguments
+from tunelab.train.methods import WHOLE_MODEL_METHODS
+from tunelab.train.setup import start_run, with_method, write_data_summary
+
+CLASSIFICATION_METHODS = ("full", "lora", "dora", "rslora")
+
+
+class WeightedLossTrainer(Trainer):
+    """Trainer whose loss is class-weighted cross-entropy (no other behaviour changes).
+
+    The weighted losses are summed and divided by the number of examples in the whole accumulated
+    batch. Balanced weights average 1 over the train split, so the loss keeps its usual scale.
+    """
+
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = class_weights
+        # Make Trainer count examples over the whole accumulated batch for every model type.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        with autocast_like(model):
+            outputs = model(**inputs)
+        weight = self.class_weights.to(labels.device) if self.class_weights is not None else None
+        total = F.cross_entropy(outputs.logits.float(), labels, weight=weight, reduction="sum")
+        loss = total / (num_items_in_batch if num_items_in_batch is not None else len(labels))
+        return (loss, outputs) if return_outputs else loss
+
+
+def train_labels(splits: Splits) -> list[str]:
+    """The label set the head predicts: every label of the train split; others are refused."""
+    labels = sorted({r.label for r in splits.train})
+    if len(labels) < 2:
+        raise TunelabError(f"classification needs at least two labels in the train split; found {labels}")
+    unseen = sorted({r.label for r in splits.val + splits.test} - set(labels))
+    if unseen:
+        raise TunelabError(f"labels {unseen} appear in val/test but never in the train split, so the head "
+                           f"cannot predict them; add training rows for them or drop those rows")
+    return labels
+
+
+def class_weights(label_ids: list[int], num_labels: int, mode: str) -> list[float] | None:
+    """Inverse-frequency weights n / (k * count) per class for mode "balanced"; None for "none"."""
+    if mode == "none":
+        return None
+    weights = compute_class_weight("balanced", classes=np.arange(num_labels), y=np.asarray(label_ids))
+    return [float(w) for w in weights]
+
+
+def load_classifier(config: RunConfig, splits: Splits):
+    """Tokenizer and a model with a fresh head of one output per label (frozen-weight dtype as SFT)."""
+    labels = train_labels(splits)
+    model_dir = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Decoder heads read the last non-pad token, so the model config must know the pad id.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
+        dtype=pick_dtype(config.train.precision, config.method))
+    return tokenizer, model
+
+
+def model_inputs(model) -> list[str]:
+    """The tokenizer outputs this model's forward takes (decoders take no token_type_ids)."""
+    accepted = inspect.signature(model.forward).parameters
+    return [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in accepted]
+
+
+def encode(tokenizer, records: list[Record], label2id: dict[str, int], max_length: int,
+           inputs: list[str]) -> list[dict]:
+    """One feature dict per record: token ids cut at max_length, unpadded, with the label id."""
+    encoded = tokenizer([r.text for r in records], truncation=True, max_length=max_length)
+    keys = [k for k in inputs if k in encoded]
+    return [{**{k: encoded[k][i] for k in keys}, "labels": label2id[r.label]} for i, r in enumerate(records)]
+
+
+def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] | None, config: RunConfig,
+                   run_dir: Path, resume: bool) -> dict:
+    """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
+    args = training_arguments(config, run_dir / "checkpoints")
+    args.train_sampling_strategy = "group_by_length"
+    batch = config.train.batch_size * config.train.gradient_accumulation
+    tokens = [len(f["input_ids"]) for f in features]
+    tokens_per_step = [sum(tokens[i:i + batch]) for i in range(0, len(features), batch)]
+    trainer = WeightedLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
+        class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(LossInBarProgress)
+    checkpoints = run_dir / "checkpoints"
+    checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    steps = trainer.state.global_step
+    first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+    trained = sum(tokens_per_step[i % len(tokens_per_step)] for i in range(first_step, steps))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"tokens": trained, "seconds": round(seconds, 2),
+            "tokens_per_second": round(trained / seconds, 1) if seconds else 0.0,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
+            "steps": steps, "examples": len(features)}
+
+
+@torch.no_grad()
+def predict_probabilities(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
+    """Softmax probabilities [examples, labels], batched over texts of similar length."""
+    model.eval()
+    collate = DataCollatorWithPadding(tokenizer)
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    probs = np.zeros((len(features), model.config.num_labels), dtype=np.float64)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        inputs = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in chunk])
+        with autocast_like(model):
+            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
+        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str], batch_size: int,
+                        ) -> tuple[dict, list[dict]]:
+    """Label metrics, calibration and held-out loss for one arm, and its per-example predictions."""
+    probs = predict_probabilities(model, tokenizer, features, batch_size)
+    reference_ids = np.array([f["labels"] for f in features])
+    predicted_ids = probs.argmax(axis=1)
+    confidence = probs.max(axis=1)
+    references = [labels[i] for i in reference_ids]
+    predicted = [labels[i] for i in predicted_ids]
+    correct = [p == r for p, r in zip(predicted, references)]
+    metrics = label_metrics(references, predicted, labels)
+    metrics["ece"] = expected_calibration_error(confidence.tolist(), correct)
+    reference_probs = np.clip(probs[np.arange(len(features)), reference_ids], 1e-12, 1.0)
+    metrics["loss"] = float(-np.log(reference_probs).mean())
+    predictions = [{"prediction": p, "correct": c, "confidence": round(float(conf), 4)}
+                   for p, c, conf in zip(predicted, correct, confidence)]
+    return metrics, predictions
+
+
+def run_classification(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    if config.method not in CLASSIFICATION_METHODS:
+        raise TunelabError(f"task: classification supports method {', '.join(CLASSIFICATION_METHODS)}; "
+                           f"got {config.method}")
+    data = config.data
+    if not (data.test or data.val or data.test_fraction or data.val_fraction):
+        raise TunelabError("classification needs test (or val) rows to evaluate on; set data.test or "
+                           "data.test_fraction above 0")
+    # ---- setup
+    run = start_run(config, resume, overwrite, kinds=("labeled",), load=load_classifier,
+                    hint='classification needs text/label rows ({"text": ..., "label": ...})')
+    splits, tokenizer, length = run.splits, run.tokenizer, config.train.max_length
+    labels = [run.model.config.id2label[i] for i in range(run.model.config.num_labels)]
+    label2id = {label: i for i, label in enumerate(labels)}
+    inputs = model_inputs(run.model)
+    features = encode(tokenizer, splits.train, label2id, length, inputs)
+    weights = class_weights([f["labels"] for f in features], len(labels), config.classification.class_weights)
+    extra = {"class_weights": {label: round(w, 4) for label, w in zip(labels, weights)}} if weights else {}
+    data_summary = write_data_summary(run.run_dir, splits, labels=labels, **extra)
+    test = splits.test or splits.val
+    if config.eval.max_examples and len(test) > config.eval.max_examples:
+        test = random.Random(config.train.seed).sample(test, config.eval.max_examples)
+    test_features = encode(tokenizer, test, label2id, length, inputs)
+    model, counts = with_method(run.model, config, task_type="SEQ_CLS")
+    for param in model.parameters():  # a bf16 base still trains its adapters and head in fp32
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+    # ---- evaluate the base first: the model before training, on the same test examples
+    metrics, arms = {}, {}
+    if config.eval.baseline:
+        metrics["base"], arms["base"] = evaluate_classifier(model, tokenizer, test_features, labels,
+                                                            config.eval.batch_size)
+
+    # ---- train
+    train_metrics = fit_classifier(model, tokenizer, features, weights, config, run.run_dir, resume) | counts
+
+    # ---- evaluate the tuned model
+    metrics["tuned"], arms["tuned"] = evaluate_classifier(model, tokenizer, test_features, labels,
+                                                          config.eval.batch_size)
+
+    # ---- save and report
+    out_dir = run.run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    atomic_write_json(out_dir / "labels.json", {"labels": labels, "label2id": label2id,
+                                                "class_weights": weights})
+    task = EvalTask("labeled", [r.text for r in test], [], [r.label for r in test], labels, [])
+    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
+                      prediction_rows(task, arms))

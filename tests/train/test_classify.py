@@ -1,0 +1,175 @@
+"""Classification heads on a tiny random BERT (encoder) and a tiny random Llama (decoder), full and LoRA."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunelab.cli import main
+from tunelab.config import load_config
+from tunelab.errors import TunelabError
+from tunelab.train.classify import WeightedLossTrainer, class_weights, run_classification
+
+WORDS = ["the movie was great wonderful brilliant moving fun", "the movie was dull terrible tedious awful boring",
+         "the movie was fine"] * 20
+
+# model fixture, method, learning rate, where the trained weights are saved
+CASES = {
+    "encoder-full": ("tiny_bert_dir", "full", 3e-3, "model"),
+    "encoder-lora": ("tiny_bert_dir", "lora", 1e-2, "adapter"),
+    "decoder-full": ("tiny_model_dir", "full", 3e-3, "model"),
+    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter"),
+}
+
+
+def build_wordpiece_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.decoder = decoders.WordPiece()
+    core.train_from_iterator(WORDS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
+                                                              show_progress=False))
+    cls, sep = core.token_to_id("[CLS]"), core.token_to_id("[SEP]")
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A saved 2-layer, 32-wide BERT encoder without a head, like the embedded minilm-l6 folder."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_wordpiece_tokenizer()
+    torch.manual_seed(0)
+    # A wider init than BERT's 0.02: at 32 wide, 0.02 leaves the [CLS] output nearly blind to the words
+    # and a few steps learn nothing.
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_config(tmp_path, model_dir, data, *extra):
+    return load_config(None, [f"model={model_dir}", f"data.train={data}", f"output_dir={tmp_path / 'runs'}",
+                              "task=classification", "train.max_steps=16", "train.batch_size=4",
+                              "train.logging_steps=1", "train.save_steps=100", "train.max_length=32",
+                              "eval.batch_size=4", *extra])
+
+
+def write_labeled(path, counts: dict[str, int]):
+    words = {"positive": "great", "negative": "awful", "neutral": "fine"}  # one word per label: easy to learn
+    rows = [{"text": f"the movie was {words[label]}", "label": label}
+            for label, n in counts.items() for _ in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_head_trains_and_is_evaluated(request, tmp_path, sentiment_file, case):
+    fixture, method, learning_rate, saved = CASES[case]
+    model_dir = request.getfixturevalue(fixture)
+    metrics = run_classification(tiny_config(tmp_path, model_dir, sentiment_file, f"run_name={case}",
+                                             f"method={method}", f"train.learning_rate={learning_rate}"))
+    run_dir = tmp_path / "runs" / case
+
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    assert losses[-1] < losses[0]
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+
+    test_rows = metrics["data"]["test"]
+    for arm in ("base", "tuned"):
+        assert {"accuracy", "precision", "recall", "f1", "ece", "loss", "confusion_matrix"} <= set(metrics[arm])
+        matrix = metrics[arm]["confusion_matrix"]
+        assert matrix["labels"] == ["negative", "positive"]
+        assert len(matrix["matrix"]) == 2 and all(len(row) == 2 for row in matrix["matrix"])
+        assert sum(map(sum, matrix["matrix"])) == test_rows
+
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").open()]
+    assert len(rows) == test_rows
+    assert {"id", "input", "reference", "base_prediction", "tuned_prediction", "base_correct", "tuned_correct",
+            "base_confidence", "tuned_confidence"} <= set(rows[0])
+    assert (run_dir / "report.md").exists()
+
+    out_dir = run_dir / saved
+    labels = json.loads((out_dir / "labels.json").read_text())
+    assert labels["label2id"] == {"negative": 0, "positive": 1} and labels["class_weights"] is None
+    weights = load_file(out_dir / ("model.safetensors" if saved == "model" else "adapter_model.safetensors"))
+    head = [k for k in weights if {"classifier", "score"} & set(k.split("."))]
+    assert head, "the new classifier head is saved"
+    if saved == "adapter":
+        lora_b = [v for k, v in weights.items() if "lora_B" in k]
+        assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero: it trained
+    else:
+        config = json.loads((out_dir / "config.json").read_text())
+        assert config["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_balanced_class_weights_are_inverse_frequency():
+    # 6, 3 and 1 examples of three classes: n / (k * count) = 10/18, 10/9, 10/3.
+    weights = class_weights([0] * 6 + [1] * 3 + [2], 3, "balanced")
+    assert weights == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert class_weights([0, 1], 2, "none") is None
+
+
+def test_weighted_loss_is_normalised_by_the_examples_of_the_whole_accumulated_batch(tmp_path):
+    from transformers import TrainingArguments
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    class FixedLogits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]]))
+
+        def forward(self, input_ids=None, **kwargs):
+            return SequenceClassifierOutput(logits=self.logits)
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = WeightedLossTrainer(model=FixedLogits(), args=args, class_weights=torch.tensor([0.5, 2.0]))
+    labels = torch.tensor([0, 0, 1])
+    inputs = {"input_ids": torch.zeros(3, 1, dtype=torch.long), "labels": labels}
+    # This micro-batch holds 3 of the 6 examples in the accumulated batch.
+    loss = trainer.compute_loss(trainer.model, inputs, num_items_in_batch=6)
+    per_example = torch.nn.functional.cross_entropy(trainer.model.logits, labels, reduction="none")
+    assert loss.item() == pytest.approx((torch.tensor([0.5, 0.5, 2.0]) * per_example).sum().item() / 6)
+
+
+def test_imbalanced_file_trains_with_balanced_weights(tmp_path, tiny_bert_dir):
+    data = write_labeled(tmp_path / "skewed.jsonl", {"positive": 40, "negative": 15, "neutral": 5})
+    config = tiny_config(tmp_path, tiny_bert_dir, data, "run_name=skewed", "method=full", "train.max_steps=2",
+                         "classification.class_weights=balanced", "data.val_fraction=0.0")
+    metrics = run_classification(config)
+    counts = metrics["data"]["train_labels"]
+    total, k = sum(counts.values()), len(counts)
+    assert metrics["data"]["class_weights"] == {label: pytest.approx(total / (k * n), abs=1e-4)
+                                                for label, n in counts.items()}
+    saved = json.loads((tmp_path / "runs" / "skewed" / "model" / "labels.json").read_text())
+    assert saved["class_weights"] == pytest.approx([total / (k * counts[label]) for label in saved["labels"]])
+    assert len(metrics["tuned"]["confusion_matrix"]["matrix"]) == 3
+
+
+def test_data_without_labels_is_a_clear_error(tmp_path, tiny_bert_dir, capsys):
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"the movie was {w}"}) + "\n" for w in ["great", "dull"] * 10))
+    code = main(["train", "/dev/null", "task=classification", f"model={tiny_bert_dir}", f"data.train={data}",
+                 f"output_dir={tmp_path / 'runs'}"])
+    assert code == 2
+    assert "classification needs text/label rows" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing half-created
+
+
+def test_unsupported_method_is_refused_before_loading(tmp_path, sentiment_file):
+    config = load_config(None, ["task=classification", "method=prefix", f"data.train={sentiment_file}",
+                                "model=no-such-model"])
+    with pytest.raises(TunelabError, match="supports method full, lora"):
+        run_classification(config)
