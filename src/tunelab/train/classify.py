@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer
-from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
@@ -31,7 +28,7 @@ from tunelab.eval.suite import EvalTask, prediction_rows
 from tunelab.io import atomic_write_json
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
-from tunelab.train.common import JsonlLogCallback, LossInBarProgress, finish_run, peak_rss_mb, training_arguments
+from tunelab.train.common import JsonlLogCallback, finish_run, train_and_measure, training_arguments
 from tunelab.train.methods import WHOLE_MODEL_METHODS
 from tunelab.train.setup import start_run, with_method, write_data_summary
 
@@ -129,22 +126,7 @@ def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] 
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     )
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(LossInBarProgress)
-    checkpoints = run_dir / "checkpoints"
-    checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
-    started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - started
-    steps = trainer.state.global_step
-    first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
-    trained = sum(tokens_per_step[i % len(tokens_per_step)] for i in range(first_step, steps))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"tokens": trained, "seconds": round(seconds, 2),
-            "tokens_per_second": round(trained / seconds, 1) if seconds else 0.0,
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
-            "steps": steps, "examples": len(features)}
+    return train_and_measure(trainer, run_dir, resume, tokens_per_step) | {"examples": len(features)}
 
 
 @torch.no_grad()

@@ -137,6 +137,15 @@ def fit(model, tokenizer, rows: list, config: RunConfig, run_dir: Path, resume: 
         data_collator=lambda batch_rows: collate(batch_rows, tokenizer.pad_token_id),
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
     )
+    figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
+    out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return figures | {"rows": len(rows)}
+
+
+def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_step: list[int]) -> dict:
+    """Run Trainer (from the last checkpoint when resuming) and return tokens, time, memory and loss."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
     checkpoints = run_dir / "checkpoints"
@@ -148,14 +157,11 @@ def fit(model, tokenizer, rows: list, config: RunConfig, run_dir: Path, resume: 
     first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
     tokens = sum(tokens_per_step[i % len(tokens_per_step)] for i in range(first_step, steps))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     return {"tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
-            "steps": steps, "rows": len(rows)}
+            "steps": steps}
 
 
 def finish_run(run_dir: Path, metrics: dict, predictions: list[dict]) -> dict:
