@@ -14,26 +14,28 @@ from tunelab.train.classify import WeightedLossTrainer, class_weights, run_class
 WORDS = ["the movie was great wonderful brilliant moving fun", "the movie was dull terrible tedious awful boring",
          "the movie was fine"] * 20
 
-# model fixture, method, learning rate, where the trained weights are saved
+# model fixture, method, learning rate, where the trained weights are saved, extra overrides
+# (the tiny encoder pools one [CLS] vector and needs more steps than the decoder to pick up the word)
 CASES = {
-    "encoder-full": ("tiny_bert_dir", "full", 3e-3, "model"),
-    "encoder-lora": ("tiny_bert_dir", "lora", 1e-2, "adapter"),
-    "decoder-full": ("tiny_model_dir", "full", 3e-3, "model"),
-    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter"),
+    "encoder-full": ("tiny_bert_dir", "full", 3e-3, "model", ["train.max_steps=60"]),
+    "encoder-lora": ("tiny_bert_dir", "lora", 1e-2, "adapter", ["train.max_steps=60"]),
+    "decoder-full": ("tiny_model_dir", "full", 3e-3, "model", []),
+    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter", []),
 }
 
 
 def build_wordpiece_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    core = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # A fixed word-level vocabulary: a trained WordPiece vocabulary breaks ties differently from run to
+    # run, which changed the tiny model (and its few-step loss curve) between test runs.
+    words = sorted({w for line in WORDS for w in line.split()})
+    core = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
     core.normalizer = normalizers.BertNormalizer(lowercase=True)
     core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     core.decoder = decoders.WordPiece()
-    core.train_from_iterator(WORDS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials,
-                                                              show_progress=False))
     cls, sep = core.token_to_id("[CLS]"), core.token_to_id("[SEP]")
     core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
@@ -76,10 +78,10 @@ def write_labeled(path, counts: dict[str, int]):
 
 @pytest.mark.parametrize("case", CASES)
 def test_head_trains_and_is_evaluated(request, tmp_path, sentiment_file, case):
-    fixture, method, learning_rate, saved = CASES[case]
+    fixture, method, learning_rate, saved, extra = CASES[case]
     model_dir = request.getfixturevalue(fixture)
     metrics = run_classification(tiny_config(tmp_path, model_dir, sentiment_file, f"run_name={case}",
-                                             f"method={method}", f"train.learning_rate={learning_rate}"))
+                                             f"method={method}", f"train.learning_rate={learning_rate}", *extra))
     run_dir = tmp_path / "runs" / case
 
     log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]

@@ -11,7 +11,7 @@ import yaml
 from tunelab.config import RunConfig
 from tunelab.data.formats import common_kind, read_records
 from tunelab.errors import TunelabError
-from tunelab.eval.suite import build_eval_task, evaluate_model, label_choices, prediction_rows
+from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.report import comparison_table
 
@@ -54,15 +54,9 @@ def evaluate_cli(model: str, data: str, out: str | None, max_examples: int | Non
     choices = labels or label_choices(records, kind)
     task = build_eval_task(tokenizer, records, records, kind, choices, config.data.label_prompt,
                            config.data.system_prompt, config.train.max_length)
-    bs, new, width = config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length
-    metrics, arms = {}, {}
-    if is_run and baseline:
-        if hasattr(tuned, "disable_adapter"):
-            with tuned.disable_adapter():
-                metrics["base"], arms["base"] = evaluate_model(tuned, tokenizer, task, bs, new, width, "base")
-        else:
-            metrics["base"], arms["base"] = evaluate_model(base, tokenizer, task, bs, new, width, "base")
-    metrics["tuned"], arms["tuned"] = evaluate_model(tuned, tokenizer, task, bs, new, width, "tuned")
+    # The command line decides the baseline; a plain model has no base to compare with.
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"baseline": is_run and baseline})})
+    metrics, arms = evaluate_arms(tuned, tokenizer, task, config, lambda: base)
     metrics["data"] = {"file": data, "examples": len(records), "quarantined": len(rejected)}
     out_dir = Path(out) if out else (run_dir if is_run else Path(".")) / f"eval-{Path(data).stem}"
     atomic_write_json(out_dir / "metrics.json", metrics)

@@ -19,7 +19,8 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from tunelab.config import RunConfig
-from tunelab.data.pack import collate_packed, collate_padded
+from tunelab.data.pack import collate_packed, collate_padded, pack
+from tunelab.data.templates import Encoded
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.precision import autocast_like
 from tunelab.report import comparison_table, write_report
@@ -119,14 +120,18 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArgum
     )
 
 
-def fit(model, tokenizer, rows: list, config: RunConfig, run_dir: Path, resume: bool) -> dict:
-    """Train on packed rows with Trainer, save the adapter (or full model), return training figures."""
+def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool) -> dict:
+    """Pack examples, train with Trainer, save the adapter (or full model), return training figures."""
     collate = collate_packed
     if config.method in VIRTUAL_TOKEN_METHODS:
-        rows, collate = [[e] for row in rows for e in row], collate_padded
+        rows, collate = [[e] for e in examples], collate_padded
         if config.train.packing:
             print(f"packing: off for method {config.method} (peft adds its virtual tokens to a 2D padding "
                   f"mask only, not to packed rows); {len(rows)} rows of one example each", flush=True)
+    elif config.train.packing:
+        rows = pack(examples, config.train.max_length)
+    else:
+        rows = [[e] for e in examples]
     tokens_per_row = [sum(len(e.input_ids) for e in row) for row in rows]
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens_per_step = [sum(tokens_per_row[i:i + batch]) for i in range(0, len(rows), batch)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 
 from tunelab.config import RunConfig
-from tunelab.data.pack import pack
 from tunelab.data.templates import encode_text
 from tunelab.eval.suite import build_eval_task, evaluate_arms
 from tunelab.train.common import finish_run, fit
@@ -25,7 +24,6 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     data_summary = write_data_summary(run.run_dir, run.splits)
     chunks = [c for r in run.splits.train for c in encode_text(tokenizer, r.text, length)]
     random.Random(seed).shuffle(chunks)
-    rows = pack(chunks, length) if config.train.packing else [[c] for c in chunks]
     heldout = run.splits.test or run.splits.val
     if config.eval.max_examples and len(heldout) > config.eval.max_examples:
         heldout = random.Random(seed).sample(heldout, config.eval.max_examples)
@@ -33,7 +31,7 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, rows, config, run.run_dir, resume) | {"chunks": len(chunks), **counts}
+    train_metrics = fit(model, tokenizer, chunks, config, run.run_dir, resume) | {"chunks": len(chunks), **counts}
 
     # ---- evaluate: held-out perplexity, base (adapters disabled) vs tuned
     metrics, _ = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])

@@ -19,8 +19,7 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
-from tunelab.train.methods import apply_method, parameter_counts
-from tunelab.train.methods import quantization_config
+from tunelab.train.methods import apply_method, parameter_counts, quantization_config
 
 
 @dataclass

@@ -11,7 +11,6 @@ import random
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
-from tunelab.data.pack import pack
 from tunelab.data.templates import encode_chat
 from tunelab.errors import TunelabError
 from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows, to_messages
@@ -26,8 +25,7 @@ def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
     if not examples:
         raise TunelabError(f"no training example has an answer inside train.max_length={config.train.max_length}")
     random.Random(config.train.seed).shuffle(examples)
-    rows = pack(examples, config.train.max_length) if config.train.packing else [[e] for e in examples]
-    return examples, rows
+    return examples
 
 
 def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -37,14 +35,14 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False) ->
     splits, tokenizer = run.splits, run.tokenizer
     choices = label_choices(splits.train, splits.kind)
     data_summary = write_data_summary(run.run_dir, splits, labels=choices)
-    examples, rows = encode_train(tokenizer, splits, choices, config)
+    examples = encode_train(tokenizer, splits, choices, config)
     test, val = _cap(splits.test, config), _cap(splits.val, config)
     eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
                                 config.data.system_prompt, config.train.max_length)
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, rows, config, run.run_dir, resume) | {"examples": len(examples), **counts}
+    train_metrics = fit(model, tokenizer, examples, config, run.run_dir, resume) | {"examples": len(examples), **counts}
 
     # ---- evaluate: the base model (adapters disabled) and the tuned model, same prompts, same examples
     metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
