@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.data.templates import DEFAULT_LABEL_PROMPT
 from tunelab.errors import ConfigError
 
-Task = Literal["sft", "pretrain", "classification"]
+Task = Literal["sft", "pretrain", "classification", "seq2seq", "distill"]
 Method = Literal["lora", "dora", "rslora", "qlora", "ia3", "prefix", "prompt", "freeze", "full"]
 
 

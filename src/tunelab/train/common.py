@@ -39,14 +39,15 @@ class AnswerLossTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, loss_fn=loss_sum, **kwargs):
         super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn  # (model, batch) -> (summed loss, loss tokens)
         # Make Trainer count loss tokens over the whole accumulated batch for every model type.
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with autocast_like(model):
-            total, count = loss_sum(model, inputs)
+            total, count = self.loss_fn(model, inputs)
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = total / denominator
         return (loss, None) if return_outputs else loss
@@ -120,8 +121,13 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArgum
     )
 
 
-def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool) -> dict:
-    """Pack examples, train with Trainer, save the adapter (or full model), return training figures."""
+def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool,
+        callbacks: list[TrainerCallback] = (), loss_fn=loss_sum) -> dict:
+    """Pack examples, train with Trainer, save the adapter (or full model), return training figures.
+
+    ``callbacks`` are extra Trainer callbacks (for example validation and early stopping);
+    ``loss_fn(model, batch) -> (summed loss, loss tokens)`` replaces the answer loss (distillation).
+    """
     collate = collate_packed
     if config.method in VIRTUAL_TOKEN_METHODS:
         rows, collate = [[e] for e in examples], collate_padded
@@ -140,7 +146,8 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
         args=training_arguments(config, run_dir / "checkpoints"),
         train_dataset=rows,
         data_collator=lambda batch_rows: collate(batch_rows, tokenizer.pad_token_id),
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
+        loss_fn=loss_fn,
     )
     figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
     out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
