@@ -29,6 +29,7 @@ test: install
 bench: install
 	$(PIP) -e ".[bench]"
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/data_prepare.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,11 +18,14 @@ from tunelab.errors import TunelabError
 def cmd_train(args) -> None:
     from tunelab.config import load_config
     from tunelab.train.classify import run_classification
+    from tunelab.train.distill import run_distill
     from tunelab.train.pretrain import run_pretrain
+    from tunelab.train.seq2seq import run_seq2seq
     from tunelab.train.sft import run_sft
 
     config = load_config(args.config, args.overrides)
-    recipe = {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification}[config.task]
+    recipe = {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification,
+              "seq2seq": run_seq2seq, "distill": run_distill}[config.task]
     recipe(config, resume=args.resume, overwrite=args.overwrite)
 
 
@@ -35,7 +38,14 @@ def cmd_quickstart(args) -> None:
 def cmd_eval(args) -> None:
     from tunelab.eval.cli_eval import evaluate_cli
 
-    evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline)
+    evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline, ensemble=args.ensemble)
+
+
+def cmd_sweep(args) -> None:
+    from tunelab.sweep import run_sweep
+
+    run_sweep(args.config, args.overrides, trials=args.trials, storage=args.storage, study_name=args.study,
+              timeout=args.timeout)
 
 
 def cmd_export(args) -> None:
@@ -45,13 +55,19 @@ def cmd_export(args) -> None:
 
 
 def cmd_data_prepare(args) -> None:
-    from tunelab.data.prepare import format_summary, prepare_data
+    from tunelab.data.filters import FilterSettings
+    from tunelab.data.prepare import format_summary, format_timings, prepare_data, read_timings
 
+    filters = FilterSettings(strip_html=args.strip_html, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+                             tokenizer=args.tokenizer, languages=tuple(args.languages or ()),
+                             drop_degenerate=not args.keep_degenerate)
     summary = prepare_data(args.inputs, args.out, shape=args.shape, val_fraction=args.val_fraction,
                            test_fraction=args.test_fraction, seed=args.seed, on_error=args.on_error,
                            pii=args.pii,
-                           near_dup_threshold=args.near_dup_threshold if args.near_dup_threshold > 0 else None)
+                           near_dup_threshold=args.near_dup_threshold if args.near_dup_threshold > 0 else None,
+                           filters=filters, workers=args.workers)
     print(format_summary(summary))
+    print(format_timings(read_timings(args.out)))
 
 
 def cmd_data_export(args) -> None:
@@ -63,6 +79,75 @@ def cmd_data_export(args) -> None:
     out, rejected = write_export(check, args.out, drop_invalid=args.drop_invalid)
     print(f"Wrote {len(check.valid)} examples to {out}"
           + (f"; {len(check.invalid)} failing examples with reasons to {rejected}" if rejected else ""))
+
+
+SYNTH_OPTIONS = {  # flag -> SynthConfig field; help and defaults come from the config
+    "--kind": ("kind", str), "--pairs-per-chunk": ("pairs_per_chunk", int), "--model": ("model", str),
+    "--server": ("server", str), "--min-support": ("min_support", float), "--min-overlap": ("min_overlap", float),
+    "--min-relevance": ("min_relevance", float),
+    "--chunk-words": ("chunk_words", int), "--chunk-overlap": ("chunk_overlap_words", int),
+    "--context-chunks": ("context_chunks", int), "--max-chunks": ("max_chunks", int),
+    "--max-new-tokens": ("max_new_tokens", int), "--batch-size": ("batch_size", int),
+    "--timeout": ("timeout", float), "--embedding-model": ("embedding_model", str), "--seed": ("seed", int),
+}
+
+
+def cmd_data_synth(args) -> None:
+    from tunelab.data.synth import format_summary, synth_config, synthesize
+
+    config = synth_config(**{field: getattr(args, field) for field, _ in SYNTH_OPTIONS.values()})
+    print(format_summary(synthesize(args.docs, args.out, config, golden=args.golden)))
+
+
+def add_synth_parser(data) -> None:
+    from tunelab.config import SynthConfig
+
+    p = data.add_parser("synth", help="write grounded question/answer or instruction pairs from a folder of documents")
+    p.add_argument("--docs", required=True, help="folder of .txt, .md, .html and .pdf documents (read recursively)")
+    p.add_argument("--out", required=True, help="output .jsonl; OUT.quarantine.jsonl and OUT.summary.json go beside it")
+    p.add_argument("--golden", default=None, metavar="FILE",
+                   help="past answers (text rows, or chat rows' answers): the model writes the input each one "
+                        "answers, and the golden text is kept unchanged as the completion")
+    for flag, (field, kind) in SYNTH_OPTIONS.items():
+        info = SynthConfig.model_fields[field]
+        p.add_argument(flag, dest=field, type=kind, default=None, metavar={int: "N", float: "FLOAT"}.get(kind),
+                       help=f"{info.description} (default: {info.default})")
+    p.set_defaults(func=cmd_data_synth)
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+AUGMENT_OPTIONS = {  # flag -> AugmentConfig field; help and defaults come from the config
+    "--paraphrases": ("paraphrases", int), "--ops": ("ops", _comma_list), "--ops-per-row": ("ops_per_row", int),
+    "--model": ("model", str), "--server": ("server", str), "--api-key": ("api_key", str),
+    "--temperature": ("temperature", float), "--top-p": ("top_p", float),
+    "--max-new-tokens": ("max_new_tokens", int), "--batch-size": ("batch_size", int),
+    "--timeout": ("timeout", float), "--workers": ("workers", int), "--seed": ("seed", int),
+}
+
+
+def cmd_data_augment(args) -> None:
+    from tunelab.data.augment import augment_config, augment_file, format_summary
+
+    config = augment_config(**{field: getattr(args, field) for field, _ in AUGMENT_OPTIONS.values()})
+    print(format_summary(augment_file(args.file, args.out, config)))
+
+
+def add_augment_parser(data) -> None:
+    from tunelab.config import AugmentConfig
+
+    p = data.add_parser("augment", help="add paraphrased and word-edited copies of each row's input, linked to "
+                                        "their source row")
+    p.add_argument("file", help="data file in any supported shape")
+    p.add_argument("--out", required=True, help="output .jsonl with the source rows and their copies; rejected "
+                                                "copies go to OUT.quarantine.jsonl with their reasons")
+    for flag, (field, kind) in AUGMENT_OPTIONS.items():
+        info = AugmentConfig.model_fields[field]
+        default = "" if field == "api_key" else f" (default: {info.default})"
+        p.add_argument(flag, dest=field, type=kind, default=None, help=f"{info.description}{default}")
+    p.set_defaults(func=cmd_data_augment)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sweep", help="hyperparameter search (optuna) over the config's sweep.space; "
+                                     "each trial is a run")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
+    p.add_argument("--trials", type=int, default=None, help="trials to run now (default sweep.trials); "
+                   "again on the same study adds trials")
+    p.add_argument("--storage", default=None, help="database URL of the study, shared by several machines "
+                   "(default sweep.storage, else <output_dir>/<run_name>/sweep.db)")
+    p.add_argument("--study", default=None, help="study name (default run_name)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="start no new trial after this many seconds")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("eval", help="evaluate a run (tuned vs its base) or a model on a data file")
-    p.add_argument("--model", required=True, help="run folder, model folder, Hugging Face id or embedded name")
+    p.add_argument("--model", required=True, action="append",
+                   help="run folder, model folder, Hugging Face id or embedded name; repeat it with --ensemble")
+    p.add_argument("--ensemble", choices=["vote", "mean"], default=None,
+                   help="evaluate the --model members as one ensemble next to each member: vote (majority of "
+                        "their answers) or mean (averaged label probabilities)")
     p.add_argument("--data", required=True, help="data file in any supported shape")
     p.add_argument("--out", default=None, help="folder for metrics.json and predictions.jsonl")
     p.add_argument("--max-examples", type=int, default=None)
@@ -113,6 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near-dup-threshold", type=float, default=0.85, metavar="FLOAT",
                    help="similarity (word 5-gram Jaccard) at which a row is a near duplicate of an "
                         "earlier one or a val/test row leaks a train row; 0 turns both checks off")
+    p.add_argument("--strip-html", action="store_true",
+                   help="remove HTML tags, scripts and styles and unescape entities; rows left empty are quarantined")
+    p.add_argument("--min-tokens", type=int, default=None, metavar="N",
+                   help="quarantine rows with fewer tokens (all texts of a row; see --tokenizer)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="quarantine rows with more tokens")
+    p.add_argument("--tokenizer", default=None, metavar="MODEL",
+                   help="model whose tokenizer counts tokens (default: a fast estimate, words and punctuation)")
+    p.add_argument("--languages", type=_comma_list, default=None, metavar="CODES",
+                   help="keep only rows in these languages, ISO 639-1 codes such as en,fr (langid)")
+    p.add_argument("--keep-degenerate", action="store_true",
+                   help="keep rows that look broken (long repeats, mostly symbols, truncated JSON or markup, "
+                        "answers echoing the prompt), which are quarantined by default")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that clean rows while one reads (default: one per core for inputs over 32 MB)")
     p.set_defaults(func=cmd_data_prepare)
 
     p = data.add_parser("export", help="check a data file and write it as chat JSONL for hosted fine-tuning APIs")
@@ -128,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-invalid", action="store_true",
                    help="write the valid examples, and the failing ones with reasons to OUT.rejected.jsonl")
     p.set_defaults(func=cmd_data_export)
+    add_synth_parser(data)
+    add_augment_parser(data)
     return parser
 
 

@@ -23,8 +23,39 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class MixSource(Section):
+    """One dataset of ``data.mix``: its own files, split on its own, and its weight in the training mix."""
+
+    train: str = Field(..., description="Training file of this source (any format data.train accepts).")
+    weight: float = Field(1.0, gt=0, description="Relative share of this source in the mixed training set.")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name in data_summary.json and "
+                      "in per-source metrics (tuned.by_source.<name>); default: the train file's name without "
+                      "its extension.")
+    val: str | None = Field(None, description="Validation file of this source; null: split off from its train "
+                            "file by data.val_fraction.")
+    test: str | None = Field(None, description="Test file of this source; null: split off from its train file "
+                             "by data.test_fraction.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_name(cls, values):
+        if isinstance(values, dict) and not values.get("name") and isinstance(values.get("train"), str):
+            values = {**values, "name": Path(values["train"]).stem}
+        return values
+
+
 class DataConfig(Section):
     train: str | None = Field(None, description="Training file (JSONL, JSON, CSV, TSV, Parquet or TXT).")
+    mix: list[MixSource] | None = Field(
+        None, min_length=1, description="Several datasets instead of train, for example [{train: a.jsonl, weight: "
+        "2}, {train: b.jsonl}]. Each source is read and split into train/val/test on its own (val and test per "
+        "source, or split off by val_fraction/test_fraction), then the training rows are mixed: the mixed set "
+        "has as many rows as all sources' train splits together (or max_train_examples, if smaller), and "
+        "source i gets round(total * weight_i / sum of weights) of them (largest remainders get the rounding). "
+        "A source asked for fewer rows than it has is downsampled (a seeded sample without repetition); one "
+        "asked for more is upsampled (every row repeated floor(share / rows) times, plus a seeded sample of "
+        "the rest without repetition). The mix is shuffled with train.seed. Val and test splits are not "
+        "resampled; evaluation reports every metric per source as well as overall.")
     val: str | None = Field(None, description="Validation file; when null, split off from train.")
     test: str | None = Field(None, description="Test file; when null, split off from train.")
     shape: Literal["auto", "prompt_completion", "alpaca", "messages", "sharegpt", "text", "text_label"] = "auto"
@@ -41,13 +72,35 @@ class DataConfig(Section):
     def _check(self):
         if "{text}" not in self.label_prompt:
             raise ValueError("label_prompt must contain {text}")
+        if self.mix is not None:
+            if self.train:
+                raise ValueError("set data.train or data.mix, not both")
+            if self.val or self.test:
+                raise ValueError("with data.mix, give val and test files per source (data.mix[i].val, "
+                                 "data.mix[i].test), not data.val or data.test")
+            names = [source.name for source in self.mix]
+            repeated = sorted({name for name in names if names.count(name) > 1})
+            if repeated:
+                raise ValueError(f"data.mix names must differ; {', '.join(repeated)} is used twice (set name: "
+                                 "for each source)")
         return self
+
+
+class EarlyStoppingConfig(Section):
+    """train.early_stopping: validation loss (on the val split, lower is better) decides when to stop."""
+
+    patience: int = Field(3, gt=0, description="Stop after this many evaluations in a row without improvement.")
+    eval_steps: int = Field(20, gt=0, description="Compute the validation loss every this many optimizer steps "
+                            "(and once more at the end of training). It is logged as val_loss in train_log.jsonl.")
+    min_delta: float = Field(0.0, ge=0, description="An evaluation improves on the best so far only when its loss "
+                             "is lower by more than this. The weights of the best evaluation are restored at the "
+                             "end of training, so the saved adapter (or model) is the best one seen.")
 
 
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(8, gt=0, description="Packed rows (or examples, without packing) per step.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step (packed or not).")
     gradient_accumulation: int = Field(1, gt=0)
     learning_rate: float = Field(2.0e-4, gt=0)
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
@@ -55,7 +108,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_length: int = Field(512, gt=8, description="Longest example, and the width of a packed row.")
-    packing: bool = Field(True, description="Pack several examples per row with block-causal masks.")
+    packing: bool = Field(True, description="Pack several examples per row with block-causal masks (speed only: "
+                          "a step still holds batch_size examples).")
+    curriculum: Literal["none", "length", "base_loss"] = Field(
+        "none", description="Order of training: none shuffles the steps every epoch; length runs short examples "
+        "first; base_loss runs the examples the base model already predicts well first (costs one forward pass "
+        "over the training set). Curricula keep their order every epoch.")
     micro_batch_tokens: int = Field(
         1024, gt=0, description="Memory plan: a step's rows run in micro-batches of at most this many tokens "
         "(gradients accumulate, loss normalised over the whole step), so activation memory stays bounded.")
@@ -64,6 +122,8 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, gt=0)
     seed: int = 42
+    early_stopping: EarlyStoppingConfig | None = Field(
+        None, description="Stop when validation loss stops improving, and keep the best weights; null: off.")
 
 
 class LoraConfig(Section):
@@ -136,11 +196,169 @@ class ClassificationConfig(Section):
         "split (inverse frequency), so rare labels count as much as common ones.")
 
 
+class DistillConfig(Section):
+    """task: distill, a student trained on its teacher's answer-token distributions and on the answers."""
+
+    teacher: str | None = Field(None, description="The teacher: a model folder, Hugging Face id, embedded name "
+                                "or a finished tunelab run folder (its adapter is merged into its base). It must "
+                                "share the student's vocabulary. Required when task is distill.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term, alpha * T^2 * "
+                         "KL(teacher || student at temperature T); the answer cross-entropy gets 1 - alpha. "
+                         "0: plain SFT of the student (the teacher is not loaded).")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of both models in the KL term; "
+                               "above 1 spreads the teacher's probability over its runner-up tokens.")
+    student_layers: int | None = Field(None, gt=0, description="Keep only N evenly spaced transformer blocks of "
+                                       "model (first and last included) to make a smaller student of the teacher's "
+                                       "family; null: the student is model as is.")
+
+
+BUNDLED_GENERAL_TEXT = str(Path(__file__).resolve().parents[2] / "data" / "general" / "general_text.jsonl")
+
+
 class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model on the same examples and prompt.")
     max_examples: int | None = Field(None, gt=0, description="Seeded subset of the test split.")
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(128, gt=0)
+    forgetting_text: str | None = Field(
+        BUNDLED_GENERAL_TEXT, description="task pretrain: general text ({\"text\": ...} rows) whose perplexity is "
+        "measured before and after training, to see how much general ability continued pretraining costs "
+        "(metrics.json: forgetting). Default: the bundled data/general/general_text.jsonl; null: off.")
+
+
+class AugmentConfig(Section):
+    """`tunelab data augment`: paraphrases and word edits of each row's input, answers and labels kept."""
+
+    paraphrases: int = Field(1, ge=0, description="Paraphrases asked for per row (0: none).")
+    ops: list[Literal["swap", "delete"]] = Field([], description="Cheap word edits, one copy per edit per "
+                                                 "row: swap (random pairs of words exchanged), delete (random "
+                                                 "words removed).")
+    ops_per_row: int = Field(1, gt=0, description="Word pairs swapped, or words deleted, in each edited copy "
+                             "(fewer when the text is too short; at least one word always remains).")
+    model: str | None = Field(None, description="Paraphrasing model: embedded name, local folder or Hugging Face "
+                              "id (null: smollm2-135m); with server, the model name sent to it (null: the "
+                              "first one the server lists).")
+    server: str | None = Field(None, pattern=r"^https?://", description="Base URL of an OpenAI-compatible "
+                               "chat-completions server (e.g. http://localhost:8000/v1); null: run the model "
+                               "locally.")
+    api_key: str | None = Field(None, repr=False, description="Bearer key for the server; null: the "
+                                "OPENAI_API_KEY environment variable, if set.")
+    instruction: str = Field(
+        "Rewrite the following text in different words. Keep its meaning. Reply with the rewritten text "
+        "only.\n\nText: {text}", description="The user message asking for a paraphrase; {text} is filled in.")
+    temperature: float = Field(0.8, gt=0, le=2, description="Sampling temperature of the paraphrases.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling: the smallest set of tokens whose "
+                         "probabilities add up to this.")
+    max_new_tokens: int = Field(128, gt=0, description="Longest paraphrase, in tokens.")
+    batch_size: int = Field(16, gt=0, description="Prompts per local generation batch.")
+    min_length_ratio: float = Field(0.3, gt=0, description="Paraphrases with fewer words than this times the "
+                                    "source's are quarantined as too short.")
+    max_length_ratio: float = Field(3.0, gt=1, description="Paraphrases with more words than this times the "
+                                    "source's are quarantined as too long.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one server reply.")
+    workers: int = Field(4, gt=0, description="Server requests in flight at once.")
+    seed: int = Field(42, description="Seed for the word edits and for sampling paraphrases.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.paraphrases == 0 and not self.ops:
+            raise ValueError("nothing to do: ask for paraphrases (above 0) or ops (swap, delete)")
+        if "{text}" not in self.instruction:
+            raise ValueError("instruction must contain {text}")
+        if self.min_length_ratio >= 1:
+            raise ValueError("min_length_ratio must be below 1")
+        return self
+
+
+class SynthConfig(Section):
+    """`tunelab data synth`: documents -> chunks -> retrieval -> generated, support-checked pairs."""
+
+    kind: Literal["qa", "instruction"] = Field("qa", description="qa: question/answer pairs; instruction: "
+                                               "instruction/response pairs.")
+    pairs_per_chunk: int = Field(1, ge=1, le=10, description="Pairs asked for per seed chunk, in one generation.")
+    model: str = Field("smollm2-135m", description="Generator: embedded name, local folder or Hugging Face id; "
+                       "with server, the model name sent to the server.")
+    server: str | None = Field(None, description="Base URL of an OpenAI-compatible chat-completions server "
+                               "(e.g. http://localhost:8000/v1); null: run the model locally.")
+    embedding_model: str = Field("minilm-l6", description="Sentence encoder for retrieval and the support check.")
+    chunk_words: int = Field(150, ge=20, description="Largest chunk, in words; cut at paragraph and sentence ends.")
+    chunk_overlap_words: int = Field(30, ge=0, description="Words a chunk repeats from the end of the one before.")
+    context_chunks: int = Field(2, ge=0, description="Most similar other chunks (cosine) added as context.")
+    max_chunks: int | None = Field(None, gt=0, description="Seeded random subset of seed chunks; null: all.")
+    min_support: float = Field(0.5, ge=0, le=1, description="Keep a pair only if the cosine between its answer "
+                               "and the closest one- or two-sentence window of its source chunk reaches "
+                               "this; 0 turns the check off.")
+    min_overlap: float = Field(0.6, ge=0, le=1, description="Keep a pair only if this share of its answer's "
+                               "content words occurs in its source chunk; 0 turns the check off.")
+    min_relevance: float = Field(0.3, ge=0, le=1, description="Keep a pair only if the cosine between its "
+                                 "question and its answer reaches this; 0 turns the check off.")
+    max_new_tokens: int = Field(96, gt=0, description="Generation budget per pair asked for.")
+    batch_size: int = Field(8, gt=0, description="Prompts per local generation batch.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one server reply.")
+    seed: int = Field(42, description="Seed for the chunk subset and for generation.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.chunk_overlap_words >= self.chunk_words:
+            raise ValueError("chunk_overlap_words must be smaller than chunk_words")
+        return self
+
+
+class SweepParameter(Section):
+    """One searched config key of ``tunelab sweep``: a float or int range, or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: int | float | None = Field(None, description="Smallest value (float, int).")
+    high: int | float | None = Field(None, description="Largest value (float, int).")
+    log: bool = Field(False, description="Sample on a log scale (float, int); low must be above 0.")
+    step: int | float | None = Field(None, gt=0, description="Spacing of the values (float, int); null: any "
+                                     "float, every int.")
+    choices: list[str | int | float | bool | None] | None = Field(
+        None, min_length=1, description="The values to choose from (categorical).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        ranged = {"low": self.low, "high": self.high, "log": self.log or None, "step": self.step}
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs choices: [...]")
+            if any(v is not None for v in ranged.values()):
+                raise ValueError("categorical takes choices only, not low/high/log/step")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high (and log or step), not choices")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs low and high")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log needs low above 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.type == "int" and not all(float(v).is_integer() for v in (self.low, self.high, self.step or 1)):
+            raise ValueError("int needs whole numbers for low, high and step")
+        return self
+
+
+class SweepConfig(Section):
+    """``tunelab sweep``: hyperparameter search with optuna; every trial is a normal run."""
+
+    metric: str = Field("tuned.accuracy", pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)+$",
+                        description="Key path into a trial's metrics.json, e.g. tuned.accuracy, tuned.f1, tuned.loss.")
+    direction: Literal["maximize", "minimize"] = Field("maximize", description="Whether a higher or a lower "
+                                                       "metric is better.")
+    trials: int = Field(20, gt=0, description="Trials one `tunelab sweep` call runs (--trials overrides); calling "
+                        "it again adds trials to the same study.")
+    pruning: bool = Field(True, description="Stop a trial whose logged loss (validation loss where logged, "
+                          "else training loss) is worse than the median of earlier trials at the same step "
+                          "(optuna MedianPruner).")
+    pruning_startup_trials: int = Field(5, ge=0, description="Trials that finish before any trial is pruned.")
+    pruning_warmup_steps: int = Field(0, ge=0, description="Steps of every trial that are never pruned.")
+    storage: str | None = Field(None, description="Database URL of the study (e.g. postgresql://user@host/db) so "
+                                "several machines share it; null: the SQLite file sweep.db in the sweep folder.")
+    space: dict[str, SweepParameter] = Field({}, description="Config key (as in key=value overrides) -> its "
+                                             "search range, e.g. train.learning_rate: {type: float, low: 1.0e-5, "
+                                             "high: 1.0e-3, log: true}.")
 
 
 class RunConfig(Section):
@@ -157,8 +375,31 @@ class RunConfig(Section):
     prompt: PromptConfig = PromptConfig()
     freeze: FreezeConfig = FreezeConfig()
     classification: ClassificationConfig = ClassificationConfig()
+    distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
+    sweep: SweepConfig = SweepConfig()
     output_dir: str = "runs"
+
+    @model_validator(mode="after")
+    def _check_distill_teacher(self):
+        if self.task == "distill" and not self.distill.teacher:
+            raise ValueError("task distill needs distill.teacher (a model folder, Hugging Face id, embedded name "
+                             "or tunelab run folder whose vocabulary the student shares)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_early_stopping(self):
+        data = self.data
+        if not self.train.early_stopping or data.val_fraction:
+            return self
+        if data.mix:
+            without_val = [f"data.mix source {source.name}" for source in data.mix if not source.val]
+        else:
+            without_val = [] if data.val else ["data.train"]
+        if without_val:
+            raise ValueError(f"train.early_stopping needs validation rows, but {', '.join(without_val)} has none: "
+                             "set data.val_fraction above 0, or give a val file")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -226,11 +467,21 @@ def load_config(path: str | Path | None, overrides: list[str] = (), require_trai
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
         problems.extend(_format_errors(exc))
-    if require_train_data and not (data.get("data") or {}).get("train"):
-        problems.append("data.train: required (a training file; set it in the config or as data.train=FILE)")
+    data_section = data.get("data") or {}
+    if require_train_data and not (data_section.get("train") or data_section.get("mix")):
+        problems.append("data.train: required (a training file; set it in the config or as data.train=FILE, "
+                        "or several files with weights as data.mix)")
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+def validate_section(section: type[Section], values: dict, source: str) -> Section:
+    """A section built from plain values (a command's flags), every problem reported at once."""
+    try:
+        return section.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc), source) from None
 
 
 def dump_config(config: RunConfig) -> str:

@@ -42,7 +42,7 @@ def _is_number(value) -> bool:
 
 
 def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
-    """Plot training loss (and eval loss points) against step; False if there is nothing to plot."""
+    """Plot training loss (and eval and validation loss) against step; False if there is nothing to plot."""
     rows = _read_jsonl(Path(log_path))
     train = [(r["step"], r["loss"]) for r in rows if "step" in r and _is_number(r.get("loss"))]
     if not train:
@@ -50,6 +50,7 @@ def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
     evals = [
         (r["step"], r["eval_loss"]) for r in rows if "step" in r and _is_number(r.get("eval_loss"))
     ]
+    vals = [(r["step"], r["val_loss"]) for r in rows if "step" in r and _is_number(r.get("val_loss"))]
 
     # Imported here because matplotlib is slow to import and only this function needs it;
     # the Agg canvas renders off-screen without touching pyplot's global backend.
@@ -62,6 +63,8 @@ def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
     ax.plot(*zip(*train), label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o", label="eval loss")
+    if vals:  # early stopping's validation loss
+        ax.plot(*zip(*vals), "s-", label="val loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -93,10 +96,22 @@ def _comparison_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
 COLUMNS = ("metric", "base", "tuned", "change")
 
 
-def comparison_table(metrics: dict) -> str:
-    """Base vs tuned as an aligned plain-text table for the terminal."""
-    rows = [COLUMNS, *_comparison_rows(metrics)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+def _side_by_side_rows(metrics: dict, arms: list[str]) -> list[tuple[str, ...]]:
+    """(metric, one value per arm) for every numeric metric of any arm, in order of first appearance."""
+    names = list(dict.fromkeys(k for arm in arms for k, v in (metrics.get(arm) or {}).items() if _is_number(v)))
+
+    def cell(value) -> str:
+        return f"{value:.4f}" if _is_number(value) else "-"
+
+    return [(name, *(cell((metrics.get(arm) or {}).get(name)) for arm in arms)) for name in names]
+
+
+def comparison_table(metrics: dict, arms: list[str] | None = None) -> str:
+    """Base vs tuned as an aligned plain-text table for the terminal; with ``arms``, those arms side by side
+    (an ensemble and its members)."""
+    rows = [COLUMNS, *_comparison_rows(metrics)] if arms is None else [("metric", *arms),
+                                                                       *_side_by_side_rows(metrics, arms)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(row):
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
@@ -197,6 +212,22 @@ def _confusion_matrices(metrics: dict) -> list[str]:
     return parts
 
 
+def _by_source_section(metrics: dict) -> list[str]:
+    """data.mix runs: one base-vs-tuned table per source."""
+    base = (metrics.get("base") or {}).get("by_source") or {}
+    tuned = (metrics.get("tuned") or {}).get("by_source") or {}
+    return [f"**{_escape(name)}**\n\n" + markdown_comparison_table({"base": base.get(name), "tuned": tuned.get(name)})
+            for name in dict.fromkeys([*tuned, *base])]
+
+
+def _forgetting_section(forgetting: dict) -> list[str]:
+    base, tuned, change = (forgetting.get(k) for k in ("base_perplexity", "tuned_perplexity", "change_pct"))
+    if not all(_is_number(v) for v in (base, tuned, change)):
+        return []
+    return [f"Perplexity on general text (lower is better; a rise means general ability was lost): "
+            f"base {base:.4f}, tuned {tuned:.4f} ({change:+.2f}%)."]
+
+
 def _samples_section(predictions: list[dict]) -> list[str]:
     """A few examples the tuned model got wrong and right, the quickest sanity check of a run."""
     groups = [("Tuned model wrong", False), ("Tuned model right", True), ("Not scored", None)]
@@ -236,6 +267,12 @@ def write_report(run_dir: str | Path) -> Path:
     if metrics.get("tuned") or metrics.get("base"):
         evaluation = [markdown_comparison_table(metrics), *_confusion_matrices(metrics)]
         sections.append(("## Evaluation", evaluation))
+    by_source = _by_source_section(metrics)
+    if by_source:
+        sections.append(("## Evaluation by source", by_source))
+    forgetting = _forgetting_section(metrics.get("forgetting") or {})
+    if forgetting:
+        sections.append(("## Forgetting", forgetting))
     samples = _samples_section(predictions)
     if samples:
         sections.append(("## Sample predictions", samples))

@@ -83,3 +83,20 @@ def test_packed_loss_equals_sum_of_separate_losses(tiny_model_dir, tiny_tokenize
         separate = [reference_loss_sum(model, collate_packed([[e]], pad)) for e in examples]
     assert n_packed == sum(n for _, n in separate) == sum(e.loss_tokens for e in examples)
     assert packed.item() == pytest.approx(sum(l.item() for l, _ in separate), rel=1e-5)
+
+
+def test_padding_to_a_multiple_changes_shapes_not_losses(tiny_tokenizer, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.train.loss import loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rows = pack([encode_chat(tiny_tokenizer, [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],
+                             64) for text in ("great film", "a dull, tedious film with a terrible script")], 64)
+    plain = collate_packed(rows, tiny_tokenizer.pad_token_id)
+    rounded = collate_packed(rows, tiny_tokenizer.pad_token_id, pad_to_multiple_of=16)
+    assert rounded["input_ids"].shape[1] % 16 == 0 and rounded["input_ids"].shape[1] > plain["input_ids"].shape[1]
+    with torch.no_grad():
+        (a, n), (b, m) = loss_sum(model, plain), loss_sum(model, rounded)
+    assert n == m and torch.allclose(a, b, atol=1e-5)

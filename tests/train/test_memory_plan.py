@@ -1,11 +1,14 @@
 """Micro-batching bounds memory without changing the update."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from tunelab.data.pack import collate_packed
 from tunelab.data.templates import encode_chat
 from tunelab.train.common import AnswerLossTrainer, micro_batch_plan
+from tunelab.train.loss import loss_sum
 
 
 @pytest.mark.parametrize("batch,length,budget,expected", [
@@ -31,13 +34,14 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_model_dir, 
     pad = tiny_tokenizer.pad_token_id
     full = collate_packed(rows, pad)
     total = int((full["labels"][:, 1:] != -100).sum())
+    trainer = SimpleNamespace(loss_fn=loss_sum)  # compute_loss reads only the loss function
     compute_loss = AnswerLossTrainer.compute_loss
 
     model.zero_grad()
-    compute_loss(None, model, full, num_items_in_batch=total).backward()
+    compute_loss(trainer, model, full, num_items_in_batch=total).backward()
     reference = model.model.layers[1].mlp.up_proj.weight.grad.clone()
 
     model.zero_grad()
     for half in (rows[:1], rows[1:]):  # unequal halves with unequal token counts
-        compute_loss(None, model, collate_packed(half, pad), num_items_in_batch=total).backward()
+        compute_loss(trainer, model, collate_packed(half, pad), num_items_in_batch=total).backward()
     assert torch.allclose(model.model.layers[1].mlp.up_proj.weight.grad, reference, atol=1e-6)

@@ -106,3 +106,15 @@ def test_eval_command_compares_run_with_base(tmp_path, tiny_model_dir, sentiment
                  "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"accuracy", "f1", "ece", "perplexity"} <= set(metrics["tuned"]) and "accuracy" in metrics["base"]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_batch_size_counts_examples_packed_or_not(tmp_path, tiny_model_dir, sentiment_file, packing):
+    config = tiny_config(tmp_path, tiny_model_dir, sentiment_file, f"run_name=packing-{packing}", "train.max_steps=null",
+                         "train.epochs=1", "train.batch_size=8", f"train.packing={packing}", "eval.baseline=false",
+                         "train.micro_batch_tokens=128")
+    metrics = run_sft(config)
+    examples = metrics["train"]["examples"]
+    assert metrics["train"]["steps"] == -(-examples // 8)  # one update per 8 examples
+    log = [json.loads(line) for line in (tmp_path / "runs" / f"packing-{packing}" / "train_log.jsonl").open()]
+    assert max(row.get("tokens", 0) for row in log) == metrics["train"]["tokens"]

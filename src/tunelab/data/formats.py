@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -69,11 +70,14 @@ def detect_shape(row: dict) -> str | None:
     """The shape whose identifying fields best match the row's keys, or None when none match.
 
     Partial matches count, so a row with "prompt" but no "completion" is reported as missing
-    "completion" rather than as an unknown shape.
+    "completion" rather than as an unknown shape. Fields with a value count first and null fields
+    only break ties, so a row of a table that mixes shapes (its other columns empty) is read as
+    the shape it fills in.
     """
-    best, best_score = None, 0
+    best, best_score = None, (0, 0)
     for shape in SHAPES:
-        score = sum(key in row for key in _SIGNATURE[shape])
+        keys = _SIGNATURE[shape]
+        score = (sum(row.get(key) is not None for key in keys), sum(key in row for key in keys))
         if score > best_score:
             best, best_score = shape, score
     return best
@@ -251,22 +255,31 @@ def _invalid_utf8_position(path: str) -> tuple[int, int]:
 
 
 def _jsonl_rows(path: Path, encoding: str) -> Iterator[RawRow]:
-    with open(path, encoding=encoding) as f:
+    # Lines end at "\n" only (JSON Lines): a stray "\r" is JSON whitespace, not a line break.
+    with open(path, encoding=encoding, newline="\n") as f:
         for number, line in enumerate(f, 1):
             if line.isspace():
                 continue
             text = line.rstrip("\r\n")
-            yield number, text, _json_object(text)
+            # A byte-order mark opening a later line comes from concatenated files; it is not data.
+            yield number, text, _json_object(text.removeprefix("\ufeff"))
 
 
 def _json_object(text: str) -> dict | str:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as error:
-        return f"invalid JSON: {error.msg} at column {error.colno}"
+    except ValueError as error:
+        return f"invalid JSON: {_json_problem(error)}"
     except RecursionError:
         return "invalid JSON: nested too deeply"
     return _object_or_reason(value)
+
+
+def _json_problem(error: ValueError) -> str:
+    """What a JSON decoding error means: the decoder's message, or a number too long to convert."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg.removesuffix(' at')} at column {error.colno}"
+    return f"a number has more than {sys.get_int_max_str_digits()} digits"
 
 
 def _object_or_reason(value) -> dict | str:
@@ -286,8 +299,9 @@ def _json_rows(path: Path, encoding: str) -> Iterator[RawRow]:
             yield from _array_rows(path, text, _single_list_field(path, text, start), top_level=False)
         else:
             raise DataError(path, _JSON_LAYOUT)
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"invalid JSON: {error.msg} at column {error.colno}", error.lineno) from None
+    except ValueError as error:
+        line = error.lineno if isinstance(error, json.JSONDecodeError) else None
+        raise DataError(path, f"invalid JSON: {_json_problem(error)}", line) from None
     except RecursionError:
         raise DataError(path, "invalid JSON: nested too deeply") from None
 
@@ -372,7 +386,11 @@ def _csv_rows(path: Path, encoding: str, delimiter: str) -> Iterator[RawRow]:
                     continue
                 raw = _csv_line(cells, delimiter)
                 if len(cells) != len(header):
-                    yield line, raw, f"has {len(cells)} fields but the header has {len(header)}"
+                    reason = f"has {len(cells)} fields but the header has {len(header)}"
+                    if previous > line:  # a quoted field ran across line ends, maybe to the file's end
+                        reason += (f" (a quoted field runs from line {line} to line {previous}: "
+                                   "is a quote not closed?)")
+                    yield line, raw, reason
                 else:
                     # An empty cell means "no value", as a missing key does in JSON.
                     yield line, raw, {name: cell or None for name, cell in zip(header, cells, strict=True)}
@@ -398,6 +416,10 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
                 yield line, None, row
     except pa.ArrowException as error:
         raise DataError(path, f"not a readable Parquet file: {error}") from None
+    except UnicodeDecodeError as error:
+        raise DataError(
+            path, f"not a readable Parquet file: a text column is not valid UTF-8 ({error.reason})"
+        ) from None
 
 
 def _txt_rows(path: Path, encoding: str) -> Iterator[RawRow]:
@@ -428,7 +450,7 @@ def _to_record(row: dict, shape: str, extra_columns: str, source: str, line: int
     if shape == "auto":
         shape = detect_shape(row)
     known = {*META_KEYS, *_REQUIRED.get(shape, ()), *_OPTIONAL.get(shape, ())}
-    extra = [key for key in row if key not in known]
+    extra = [key for key, value in row.items() if key not in known and value is not None]
     if extra and extra_columns == "error":
         raise _RowError(f"unknown column(s) {_quote_all(extra)} {UNKNOWN_HINT}")
     if shape is None:
@@ -577,8 +599,8 @@ def _structured(value, where: str):
         return None
     try:
         return json.loads(value)
-    except json.JSONDecodeError as error:
-        raise _RowError(f"{where} is not valid JSON: {error.msg} at column {error.colno}") from None
+    except ValueError as error:
+        raise _RowError(f"{where} is not valid JSON: {_json_problem(error)}") from None
     except RecursionError:
         raise _RowError(f"{where} is not valid JSON: nested too deeply") from None
 

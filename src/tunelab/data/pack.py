@@ -30,9 +30,21 @@ def pack(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
     return rows
 
 
-def collate_packed(rows: list[list[Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Tensors for a batch of packed rows: ids, labels, position ids and a [B,1,T,T] boolean mask."""
+def width_multiple(device_type: str) -> int:
+    """What batch widths are rounded up to. On CPU, few distinct shapes keep oneDNN's per-shape kernel
+    cache small and warm (measured on SmolLM2: resident memory grew about 80 MB per training step
+    without rounding); on GPUs, multiples of 8 suit tensor cores."""
+    return 64 if device_type == "cpu" else 8
+
+
+def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Tensors for a batch of packed rows: ids, labels, position ids and a [B,1,T,T] boolean mask.
+
+    ``pad_to_multiple_of`` rounds the width up, so that batches come in few distinct shapes (the CPU
+    matmul library builds and caches a kernel per shape).
+    """
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     batch = len(rows)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
     labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)

@@ -1,17 +1,24 @@
 """``report.md`` for a prepared data folder: what was kept and dropped, and what the data looks like.
 
 Built from summary.json's numbers and the split files, so a rerun on the same inputs writes the same
-bytes, figures included. Figures use matplotlib's Agg canvas without pyplot, as the run report does.
+bytes, figures included. The split files are read one row at a time, keeping only each row's length
+and the few longest and shortest examples, so a report on millions of rows fits in little memory.
+Figures use matplotlib's Agg canvas without pyplot, as the run report does.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import re
 import statistics
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from tunelab.io import atomic_write_bytes, atomic_write_text
 from tunelab.report import _cell, _escape, _markdown_table
@@ -45,21 +52,21 @@ def write_data_report(out_dir, summary: dict, tokenizer=None) -> Path:
     """
     out = Path(out_dir)
     count, unit, counted_with = _token_counter(tokenizer)
-    splits = {name: _read_split(out / f"{name}.jsonl", name, count) for name in SPLIT_NAMES}
+    lengths, extremes = _read_splits(out, count)
     figures = {token_figure(name) for name in SPLIT_NAMES} | {LABEL_FIGURE}
     written: set[str] = set()
 
     sections = [
         ("# Data report", [_intro(summary, counted_with)]),
         ("## Rows per stage", _stage_section(summary)),
-        ("## Token lengths", _length_section(out, splits, unit, written)),
+        ("## Token lengths", _length_section(out, lengths, unit, written)),
     ]
     if summary.get("labels"):
         sections.append(("## Label balance", _label_section(out, summary["labels"], written)))
     sections += [
         ("## Near duplicates", _duplicate_section(summary)),
         ("## PII", _pii_section(summary)),
-        ("## Longest and shortest examples", _extremes_section(splits, summary["kind"] == "labeled")),
+        ("## Longest and shortest examples", _extremes_section(extremes, summary["kind"] == "labeled")),
     ]
     for stale in sorted(figures - written):  # from an earlier run on other data
         (out / stale).unlink(missing_ok=True)
@@ -79,19 +86,30 @@ def _token_counter(tokenizer):
     return (lambda text: len(tokenizer.encode(text))), "tokens", f"tokens of the {name} tokenizer"
 
 
-def _read_split(path: Path, split: str, count) -> list[Example]:
-    if not path.exists():
-        return []
-    examples = []
-    for line, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        row = json.loads(raw)
-        if "messages" in row:
-            text = "\n".join(turn["content"] for turn in row["messages"])
-            shown = " ".join(f"{turn['role']}: {turn['content']}" for turn in row["messages"])
-        else:
-            text = shown = row["text"]
-        examples.append(Example(split, line, text, shown, row.get("label"), count(text)))
-    return examples
+def _read_splits(out: Path, count) -> tuple[dict[str, array], dict[str, list[Example]]]:
+    """Every row's length per split, and the EXTREMES longest and shortest examples over all splits
+    (ties go to the earlier split and line)."""
+    lengths = {name: array("q") for name in SPLIT_NAMES}
+    ranked: dict[str, list[tuple[tuple, Example]]] = {"longest": [], "shortest": []}
+    for order, split in enumerate(SPLIT_NAMES):
+        path = out / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        with open(path, encoding="utf-8") as f:
+            for line, raw in enumerate(f, 1):
+                row = json.loads(raw)
+                messages = row.get("messages")
+                text = "\n".join(turn["content"] for turn in messages) if messages else row["text"]
+                tokens = count(text)
+                lengths[split].append(tokens)
+                for kind, key in (("longest", (-tokens, order, line)), ("shortest", (tokens, order, line))):
+                    kept = ranked[kind]
+                    if len(kept) < EXTREMES or key < kept[-1][0]:
+                        shown = " ".join(f"{t['role']}: {t['content']}" for t in messages) if messages else text
+                        bisect.insort(kept, (key, Example(split, line, text, shown, row.get("label"), tokens)),
+                                      key=lambda item: item[0])
+                        del kept[EXTREMES:]
+    return lengths, {kind: [example for _, example in kept] for kind, kept in ranked.items()}
 
 
 def _intro(summary: dict, counted_with: str) -> str:
@@ -109,14 +127,13 @@ def _stage_section(summary: dict) -> list[str]:
     return [_markdown_table(["stage", "rows"], rows), note]
 
 
-def _length_section(out: Path, splits: dict[str, list[Example]], unit: str, written: set[str]) -> list[str]:
+def _length_section(out: Path, split_lengths: dict[str, array], unit: str, written: set[str]) -> list[str]:
     rows, images = [], []
-    for name, examples in splits.items():
-        lengths = [e.tokens for e in examples]
+    for name, lengths in split_lengths.items():
         if not lengths:
             rows.append([name, 0, "-", "-", "-", "-"])
             continue
-        rows.append([name, len(lengths), min(lengths), f"{statistics.median(lengths):g}",
+        rows.append([name, len(lengths), min(lengths), f"{np.median(lengths):g}",
                      f"{statistics.fmean(lengths):.1f}", max(lengths)])
         figure = token_figure(name)
         _plot_histogram(lengths, f"{name}: {len(lengths)} rows", unit, out / figure)
@@ -172,16 +189,12 @@ def _pii_section(summary: dict) -> list[str]:
     return [f"PII {action} (mode `{mode}`):", table]
 
 
-def _extremes_section(splits: dict[str, list[Example]], labeled: bool) -> list[str]:
-    examples = [e for name in SPLIT_NAMES for e in splits[name]]
-    if not examples:
+def _extremes_section(extremes: dict[str, list[Example]], labeled: bool) -> list[str]:
+    if not extremes["longest"]:
         return ["No rows kept."]
-    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
-    longest = sorted(examples, key=lambda e: (-e.tokens, order[e.split], e.line))[:EXTREMES]
-    shortest = sorted(examples, key=lambda e: (e.tokens, order[e.split], e.line))[:EXTREMES]
     header = ["", "split", "line", "length", "text", *(["label"] if labeled else [])]
     rows = [[kind, e.split, e.line, e.tokens, _cell(e.shown, EXAMPLE_CHARS), *([_cell(e.label)] if labeled else [])]
-            for kind, picked in (("longest", longest), ("shortest", shortest)) for e in picked]
+            for kind, picked in extremes.items() for e in picked]
     return [_markdown_table(header, rows, align="llrrl" + "l" * labeled)]
 
 
@@ -203,7 +216,7 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _plot_histogram(lengths: list[int], title: str, unit: str, path: Path) -> None:
+def _plot_histogram(lengths: Sequence[int], title: str, unit: str, path: Path) -> None:
     fig, ax = _figure()
     ax.hist(lengths, bins=min(30, max(lengths) - min(lengths) + 1))
     ax.set_title(title)

@@ -1,67 +1,248 @@
-"""``tunelab eval``: score a run (tuned vs its base) or a plain model on any data file."""
+"""``tunelab eval``: score a run (tuned vs its base), a plain model, or an ensemble of them on any data file.
+
+A run folder is loaded the way it was trained: a causal LM (its base plus ``adapter/``, or ``model/``)
+or, for ``task: classification``, a sequence-classification model with the run's trained head and
+label set (``adapter/`` or ``model/`` with ``labels.json``). Several ``--model`` with ``--ensemble``
+are scored one member at a time, so only one member is in memory at once (see eval/ensemble.py).
+"""
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import common_kind, read_records
+from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows
+from tunelab.eval.suite import EvalTask, build_eval_task, evaluate_arms, label_choices, prediction_rows
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.report import comparison_table
 
 
-def _load_run(run_dir: Path):
-    from peft import PeftModel
+@dataclass
+class Loaded:
+    """A model ready to evaluate, with what its evaluation needs."""
 
+    config: RunConfig
+    tokenizer: object
+    model: object  # a run's tuned model, or the plain model
+    load_base: Callable[[], object] | None  # a run's base model when ``model`` is not an adapter over it
+    labels: list[str] | None  # the run's label set; None for free text or a plain model
+    classifier: bool = False
+    inputs: list[str] | None = None  # tokenizer outputs a classifier's forward takes
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
+
+
+def saved_weights(run_dir: Path) -> Path:
+    for name in ("adapter", "model"):
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    raise TunelabError(f"run folder {run_dir} has no adapter/ or model/; did the run finish?")
+
+
+def classifier_labels(saved: Path) -> list[str]:
+    path = saved / "labels.json"
+    if not path.exists():
+        raise TunelabError(f"{path} is missing: a classification run saves its label set there; did the run finish?")
+    return json.loads(path.read_text(encoding="utf-8"))["labels"]
+
+
+def run_labels(run_dir: Path, config: RunConfig) -> list[str] | None:
+    """The label set a run was trained on, read from its files without loading the model."""
+    if config.task == "classification":
+        return classifier_labels(saved_weights(run_dir))
+    summary_path = run_dir / "data_summary.json"
+    return json.loads(summary_path.read_text(encoding="utf-8")).get("labels") if summary_path.exists() else None
+
+
+def is_run(path: str) -> bool:
+    return (Path(path) / "config.yaml").exists()
+
+
+def load_model(name: str) -> Loaded:
+    """A run folder (causal LM or classifier) or a plain model (folder, hub id or embedded name)."""
     from tunelab.train.setup import load_base
 
-    config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
-    tokenizer, base = load_base(config)
-    if (run_dir / "adapter").is_dir():
-        tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
-    elif (run_dir / "model").is_dir():
-        from transformers import AutoModelForCausalLM
+    if not is_run(name):
+        config = RunConfig(model=name)
+        tokenizer, model = load_base(config)
+        return Loaded(config, tokenizer, model, None, None)
+    run_dir = Path(name)
+    config = read_run_config(run_dir)
+    saved = saved_weights(run_dir)
+    if config.task == "classification":
+        return load_classifier_run(config, saved)
+    labels = run_labels(run_dir, config)
+    if saved.name == "adapter":
+        from peft import PeftModel
 
-        tuned = AutoModelForCausalLM.from_pretrained(run_dir / "model", dtype=next(base.parameters()).dtype)
-    else:
-        raise TunelabError(f"run folder {run_dir} has no adapter/ or model/; did the run finish?")
-    summary_path = run_dir / "data_summary.json"
-    labels = json.loads(summary_path.read_text(encoding="utf-8")).get("labels") if summary_path.exists() else None
-    return config, tokenizer, base, tuned, labels
+        tokenizer, base = load_base(config)
+        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.precision import pick_dtype
+
+    tokenizer = AutoTokenizer.from_pretrained(saved)  # saved with the weights
+    model = AutoModelForCausalLM.from_pretrained(saved, dtype=pick_dtype(config.train.precision, config.method))
+    return Loaded(config, tokenizer, model, lambda: load_base(config)[1], labels)
 
 
-def evaluate_cli(model: str, data: str, out: str | None, max_examples: int | None, baseline: bool = True) -> dict:
+def load_classifier_run(config: RunConfig, saved: Path) -> Loaded:
+    """The run's classifier: its base with the trained head (adapter/), or the whole trained model (model/).
+
+    The base arm is the model the run started from: with the run's seed, the fresh head gets the same
+    initial weights it had before training.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from tunelab.precision import pick_dtype
+    from tunelab.train.classify import classifier_for_labels, model_inputs
+
+    labels = classifier_labels(saved)
+
+    def untrained():
+        set_seed(config.train.seed)
+        return classifier_for_labels(config, labels)[1]
+
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    if saved.name == "adapter":
+        base = untrained()
+        inputs = model_inputs(base)
+        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels, True, inputs)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        saved, dtype=pick_dtype(config.train.precision, config.method))
+    return Loaded(config, tokenizer, model, untrained, labels, True, model_inputs(model))
+
+
+def evaluate_cli(models: str | list[str], data: str, out: str | None, max_examples: int | None,
+                 baseline: bool = True, ensemble: str | None = None) -> dict:
+    models = [models] if isinstance(models, str) else list(models)
+    if len(models) > 1 and not ensemble:
+        raise TunelabError(f"{len(models)} --model given: add --ensemble vote or --ensemble mean to evaluate them "
+                           f"as one ensemble, or evaluate them one at a time")
+    if ensemble and len(models) < 2:
+        raise TunelabError("--ensemble needs at least two --model members")
     records, rejected = read_records(data, on_error="quarantine")
     kind = common_kind(records)
     if max_examples and len(records) > max_examples:
         records = random.Random(0).sample(records, max_examples)
-    run_dir = Path(model)
-    is_run = (run_dir / "config.yaml").exists()
-    if is_run:
-        config, tokenizer, base, tuned, labels = _load_run(run_dir)
+    if ensemble:
+        metrics, task, arms = evaluate_ensemble(models, records, kind, ensemble, data)
+        default_out = Path(".") / f"eval-ensemble-{Path(data).stem}"
     else:
-        from tunelab.train.setup import load_base
-
-        config = RunConfig(model=model)
-        tokenizer, tuned = load_base(config)
-        base, labels = None, None
-    choices = labels or label_choices(records, kind)
-    task = build_eval_task(tokenizer, records, records, kind, choices, config.data.label_prompt,
-                           config.data.system_prompt, config.train.max_length)
-    # The command line decides the baseline; a plain model has no base to compare with.
-    config = config.model_copy(update={"eval": config.eval.model_copy(update={"baseline": is_run and baseline})})
-    metrics, arms = evaluate_arms(tuned, tokenizer, task, config, lambda: base)
+        metrics, task, arms = evaluate_one(models[0], records, kind, baseline, data)
+        default_out = (Path(models[0]) if is_run(models[0]) else Path(".")) / f"eval-{Path(data).stem}"
     metrics["data"] = {"file": data, "examples": len(records), "quarantined": len(rejected)}
-    out_dir = Path(out) if out else (run_dir if is_run else Path(".")) / f"eval-{Path(data).stem}"
+    out_dir = Path(out) if out else default_out
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_jsonl(out_dir / "predictions.jsonl", prediction_rows(task, arms))
-    print(comparison_table(metrics))
+    print(comparison_table(metrics, arms=list(arms)) if ensemble else comparison_table(metrics))
     print(f"wrote {out_dir / 'metrics.json'} and predictions.jsonl")
     return metrics
 
+
+def evaluate_one(model: str, records: list[Record], kind: str, baseline: bool, data: str,
+                 ) -> tuple[dict, EvalTask, dict]:
+    """Metrics, the task and per-arm predictions of one run (tuned and, optionally, base) or plain model."""
+    loaded = load_model(model)
+    config = loaded.config
+    if loaded.classifier:
+        return evaluate_classifier_run(loaded, records, kind, baseline, data, model)
+    choices = loaded.labels or label_choices(records, kind)
+    task = build_eval_task(loaded.tokenizer, records, records, kind, choices, config.data.label_prompt,
+                           config.data.system_prompt, config.train.max_length)
+    # The command line decides the baseline; a plain model has no base to compare with.
+    run = is_run(model)
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"baseline": run and baseline})})
+    metrics, arms = evaluate_arms(loaded.model, loaded.tokenizer, task, config, loaded.load_base)
+    return metrics, task, arms
+
+
+def check_labels_known(records: list[Record], kind: str, labels: list[str], data: str, who: str) -> None:
+    if kind != "labeled":
+        raise TunelabError(f"{who} is a classification run; it evaluates text/label rows, and {data} holds "
+                           f"{kind} rows")
+    unknown = sorted({r.label for r in records} - set(labels))
+    if unknown:
+        raise TunelabError(f"{data} has labels {unknown} that {who} never learned (its labels: {labels}); "
+                           f"drop those rows or evaluate a run trained on them")
+
+
+def evaluate_classifier_run(loaded: Loaded, records: list[Record], kind: str, baseline: bool, data: str,
+                            who: str) -> tuple[dict, EvalTask, dict]:
+    """A classification run on text/label rows: its untrained start (base) and its trained head (tuned)."""
+    from peft import PeftModel
+
+    from tunelab.train.classify import encode, evaluate_classifier
+
+    check_labels_known(records, kind, loaded.labels, data, who)
+    label2id = {label: i for i, label in enumerate(loaded.labels)}
+    features = encode(loaded.tokenizer, records, label2id, loaded.config.train.max_length, loaded.inputs)
+    args = (loaded.tokenizer, features, loaded.labels, loaded.config.eval.batch_size)
+    metrics, arms = {}, {}
+    if baseline:
+        if isinstance(loaded.model, PeftModel):
+            with loaded.model.disable_adapter():
+                metrics["base"], arms["base"] = evaluate_classifier(loaded.model, *args)
+        else:
+            metrics["base"], arms["base"] = evaluate_classifier(loaded.load_base(), *args)
+    metrics["tuned"], arms["tuned"] = evaluate_classifier(loaded.model, *args)
+    task = EvalTask("labeled", [r.text for r in records], [], [r.label for r in records], loaded.labels, [])
+    return metrics, task, arms
+
+
+def member_labels(path: str, records: list[Record], kind: str, data: str) -> list[str] | None:
+    """A member's label set without loading it: a run's own, else the data's (None for free text)."""
+    if not is_run(path):
+        return label_choices(records, kind)
+    run_dir = Path(path)
+    config = read_run_config(run_dir)
+    labels = run_labels(run_dir, config)
+    if config.task == "classification":
+        check_labels_known(records, kind, labels, data, path)
+    return labels or label_choices(records, kind)
+
+
+def evaluate_ensemble(models: list[str], records: list[Record], kind: str, method: str, data: str,
+                      ) -> tuple[dict, EvalTask, dict]:
+    """Every member and the ensemble as arms side by side; members are loaded and scored one at a time."""
+    from tunelab.eval import ensemble as ens
+
+    if kind == "text":
+        raise TunelabError(f"{data} holds raw text rows without answers; an ensemble compares answers "
+                           f"(text/label or chat rows)")
+    names = ens.member_names(models)
+    labels = ens.shared_labels({n: member_labels(m, records, kind, data) for n, m in zip(names, models)})
+    if labels is None and method == "mean":
+        raise TunelabError(f"--ensemble mean averages label probabilities, but the answers in {data} are free "
+                           f"text; use --ensemble vote (the most common answer)")
+    inputs, references = ens.inputs_and_references(records)
+    if labels is not None:
+        unknown = sorted(set(references) - set(labels))
+        if unknown:
+            raise TunelabError(f"{data} has answers {unknown} outside the members' labels {labels}")
+    outputs = {}
+    for name, model in zip(names, models):
+        loaded = load_model(model)
+        outputs[name] = (ens.label_probabilities(loaded, records, kind, labels, desc=f"{name}: scoring")
+                         if labels is not None else ens.generations(loaded, records, kind, desc=f"{name}: generating"))
+        del loaded
+        gc.collect()
+    if labels is not None:
+        metrics, arms = ens.label_ensemble(outputs, labels, references, method)
+    else:
+        metrics, arms = ens.text_ensemble(outputs, references)
+    metrics[ens.ENSEMBLE] |= {"method": method, "members": dict(zip(names, models))}
+    task = EvalTask(kind, inputs, [], references, labels, [])
+    return metrics, task, arms

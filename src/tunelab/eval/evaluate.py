@@ -8,12 +8,14 @@ assistant's answer, which needs no parsing of free text and gives probabilities 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tunelab.data.pack import collate_packed, collate_padded, pack
+from tunelab.data.pack import collate_packed, collate_padded, pack, width_multiple
 from tunelab.data.templates import Encoded
 from tunelab.train.loss import adds_virtual_tokens, loss_sum
 
@@ -61,24 +63,55 @@ def choice_probabilities(scores: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
+@contextmanager
+def contiguous_head_input(model):
+    """Make the output head's input contiguous while the context is open.
+
+    ``generate`` keeps only the last position's logits by slicing the hidden states. On CPU, a bf16
+    linear layer on that strided view computed logits for every position: measured on SmolLM2 with
+    16 prompts of 358 tokens, 3.2 s and 780 MB more per prefill than on a contiguous copy (0.01 s).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda module, args: tuple(
+        a.contiguous() if torch.is_tensor(a) else a for a in args))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16,
-             desc: str = "generating") -> list[str]:
-    """Greedy, batched generation with left padding and the KV cache; stops at the EOS token."""
+             desc: str = "generating", sampling: dict | None = None) -> list[str]:
+    """Batched generation with left padding and the KV cache; stops at the EOS token.
+
+    Greedy, unless ``sampling`` gives sampling settings such as ``{"temperature": 0.8, "top_p": 0.95}``
+    (seed torch first for reproducible samples).
+    """
+    decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     device = next(model.parameters()).device
+    if device.type == "cpu" and not adds_virtual_tokens(model):
+        # A preallocated KV cache: the growing default cache fragments CPU memory (measured on SmolLM2,
+        # 32 prompts, 64 new tokens: 2.1 GB peak RSS against 1.3 GB, at the same speed). On GPUs a static
+        # cache would switch on torch.compile, so they keep the default.
+        decoding["cache_implementation"] = "static"
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        for batch in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
-            enc = tokenizer([prompts[i] for i in batch], add_special_tokens=False, return_tensors="pt",
-                            padding=True).to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
-            for i, ids in zip(batch, new):
-                outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        with contiguous_head_input(model):
+            for batch in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
+                enc = tokenizer([prompts[i] for i in batch], add_special_tokens=False, return_tensors="pt",
+                                padding=True).to(device)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                new = out[:, enc["input_ids"].shape[1]:]
+                for i, ids in zip(batch, new):
+                    outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side = previous_side
     return outputs
@@ -92,7 +125,8 @@ def heldout_nll(model, examples: list[Encoded], max_length: int, pad_token_id: i
     if adds_virtual_tokens(model):
         rows, collate = [[e] for e in examples], collate_padded
     else:
-        rows, collate = pack(examples, max_length), collate_packed
+        rows = pack(examples, max_length)
+        collate = partial(collate_packed, pad_to_multiple_of=width_multiple(device.type))
     total, tokens = 0.0, 0
     for batch in tqdm(list(_batches(rows, batch_size)), desc=desc, leave=False):
         tensors = {k: v.to(device) for k, v in collate(batch, pad_token_id).items()}

@@ -12,6 +12,7 @@ from tunelab.data.records import Record
 from tunelab.data.templates import Encoded, encode_chat, encode_text, prompt_text, record_to_messages
 from tunelab.eval.evaluate import choice_probabilities, generate, heldout_nll, score_choices
 from tunelab.eval.metrics import expected_calibration_error, label_metrics, perplexity, text_metrics
+from tunelab.memory import release_memory
 from tunelab.precision import autocast_like
 
 MAX_LABELS = 20
@@ -72,6 +73,7 @@ def build_eval_task(tokenizer, test: list[Record], val: list[Record], kind: str,
 def evaluate_model(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens: int, max_length: int,
                    arm: str) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions ({prediction, correct, confidence}) for one model."""
+    release_memory()  # what training or the previous arm freed, so evaluation starts from live memory
     model.eval()
     with autocast_like(model):
         return _evaluate(model, tokenizer, task, batch_size, max_new_tokens, max_length, arm)

@@ -82,7 +82,11 @@ def class_weights(label_ids: list[int], num_labels: int, mode: str) -> list[floa
 
 def load_classifier(config: RunConfig, splits: Splits):
     """Tokenizer and a model with a fresh head of one output per label (frozen-weight dtype as SFT)."""
-    labels = train_labels(splits)
+    return classifier_for_labels(config, train_labels(splits))
+
+
+def classifier_for_labels(config: RunConfig, labels: list[str]):
+    """Tokenizer and ``config.model`` with a fresh head whose outputs are ``labels``, in that order."""
     model_dir = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
@@ -110,7 +114,7 @@ def encode(tokenizer, records: list[Record], label2id: dict[str, int], max_lengt
 
 
 def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] | None, config: RunConfig,
-                   run_dir: Path, resume: bool) -> dict:
+                   run_dir: Path, resume: bool, callbacks=()) -> dict:
     """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
     args = training_arguments(config, run_dir / "checkpoints")
     args.train_sampling_strategy = "group_by_length"
@@ -123,7 +127,7 @@ def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] 
         train_dataset=features,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
         class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
     )
     return train_and_measure(trainer, run_dir, resume, tokens_per_step) | {"examples": len(features)}
@@ -165,7 +169,8 @@ def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str
     return metrics, predictions
 
 
-def run_classification(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def run_classification(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
     if config.method not in CLASSIFICATION_METHODS:
         raise TunelabError(f"task: classification supports method {', '.join(CLASSIFICATION_METHODS)}; "
                            f"got {config.method}")
@@ -200,7 +205,8 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
                                                             config.eval.batch_size)
 
     # ---- train
-    train_metrics = fit_classifier(model, tokenizer, features, weights, config, run.run_dir, resume) | counts
+    train_metrics = fit_classifier(model, tokenizer, features, weights, config, run.run_dir, resume,
+                                   callbacks) | counts
 
     # ---- evaluate the tuned model
     metrics["tuned"], arms["tuned"] = evaluate_classifier(model, tokenizer, test_features, labels,

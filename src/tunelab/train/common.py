@@ -8,8 +8,8 @@ tokens in the whole accumulated batch, computed without full-vocabulary logits.
 from __future__ import annotations
 
 import json
-import os
-import resource
+import math
+from functools import partial
 import time
 from pathlib import Path
 
@@ -19,19 +19,16 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from tunelab.config import RunConfig
-from tunelab.data.pack import collate_packed, collate_padded, pack
-from tunelab.data.templates import Encoded
+from tunelab.data.pack import collate_packed, collate_padded, width_multiple
+from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.io import atomic_write_json, atomic_write_jsonl
+from tunelab.memory import ReleaseMemoryCallback, peak_rss_mb, release_memory
 from tunelab.precision import autocast_like
 from tunelab.report import comparison_table, write_report
+from tunelab.train.curriculum import curriculum_order
 from tunelab.train.loss import loss_sum
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if os.uname().sysname == "Darwin" else peak / 1024
+from tunelab.train.steps import StepSampler, plan_steps, tokens_by_global_step
 
 
 class AnswerLossTrainer(Trainer):
@@ -39,9 +36,10 @@ class AnswerLossTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, loss_fn=loss_sum, **kwargs):
+    def __init__(self, *args, loss_fn=loss_sum, train_sampler=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn  # (model, batch) -> (summed loss, loss tokens)
+        self.train_sampler = train_sampler  # keeps each optimizer step's micro-batches together
         # Make Trainer count loss tokens over the whole accumulated batch for every model type.
         self.model_accepts_loss_kwargs = True
 
@@ -51,6 +49,9 @@ class AnswerLossTrainer(Trainer):
         denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
         loss = total / denominator
         return (loss, None) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.train_sampler or super()._get_train_sampler(train_dataset)
 
 
 class LossInBarProgress(ProgressCallback):
@@ -92,13 +93,16 @@ def micro_batch_plan(batch_size: int, max_length: int, micro_batch_tokens: int) 
     return rows, batch_size // rows
 
 
-def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
+def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: tuple[int, int] | None = None,
+                       ) -> TrainingArguments:
+    """Trainer arguments from the config; ``micro_batches`` = (items per forward pass, passes per update)
+    overrides the memory plan of ``micro_batch_plan``."""
     t = config.train
-    rows, accumulation = micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
+    rows, accumulation = micro_batches or micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=rows,
-        gradient_accumulation_steps=t.gradient_accumulation * accumulation,
+        gradient_accumulation_steps=accumulation if micro_batches else t.gradient_accumulation * accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
@@ -123,43 +127,54 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path) -> TrainingArgum
 
 def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool,
         callbacks: list[TrainerCallback] = (), loss_fn=loss_sum) -> dict:
-    """Pack examples, train with Trainer, save the adapter (or full model), return training figures.
+    """Train on ``examples`` (in the order given) with Trainer; save the adapter (or full model).
 
-    ``callbacks`` are extra Trainer callbacks (for example validation and early stopping);
-    ``loss_fn(model, batch) -> (summed loss, loss tokens)`` replaces the answer loss (distillation).
+    Steps hold ``batch_size * gradient_accumulation`` examples each, packed into micro-batches (see
+    train/steps.py); steps are shuffled every epoch unless ``train.curriculum`` orders them (see
+    train/curriculum.py). ``callbacks`` are extra
+    Trainer callbacks (for example validation and early stopping); ``loss_fn(model, batch) -> (summed
+    loss, loss tokens)`` replaces the answer loss (distillation). Returns the training figures.
     """
-    collate = collate_packed
-    if config.method in VIRTUAL_TOKEN_METHODS:
-        rows, collate = [[e] for e in examples], collate_padded
-        if config.train.packing:
-            print(f"packing: off for method {config.method} (peft adds its virtual tokens to a 2D padding "
-                  f"mask only, not to packed rows); {len(rows)} rows of one example each", flush=True)
-    elif config.train.packing:
-        rows = pack(examples, config.train.max_length)
-    else:
-        rows = [[e] for e in examples]
-    tokens_per_row = [sum(len(e.input_ids) for e in row) for row in rows]
-    batch = config.train.batch_size * config.train.gradient_accumulation
-    tokens_per_step = [sum(tokens_per_row[i:i + batch]) for i in range(0, len(rows), batch)]
+    t = config.train
+    packing = t.packing and config.method not in VIRTUAL_TOKEN_METHODS
+    if t.packing and not packing:
+        print(f"packing: off for method {config.method} (peft adds its virtual tokens to a 2D padding mask only, "
+              f"not to packed rows)", flush=True)
+    shuffle = t.curriculum == "none"
+    examples = curriculum_order(model, examples, t.curriculum, tokenizer.pad_token_id, run_dir / "curriculum.json")
+    plan = plan_steps(examples, t.batch_size * t.gradient_accumulation, t.max_length, t.micro_batch_tokens, packing)
+    multiple = width_multiple("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will train
+    collate_rows = partial(collate_packed, pad_to_multiple_of=multiple) if packing else collate_padded
+    empty = [[Encoded([tokenizer.pad_token_id], [IGNORE_INDEX])]]
+
+    def collate(items: list) -> dict:
+        (rows,) = items  # one micro-batch per item
+        return collate_rows(rows or empty, tokenizer.pad_token_id)
+
+    epochs = math.ceil(t.epochs) if not t.max_steps else max(1, math.ceil(t.max_steps / plan.steps))
+    tokens_per_step = tokens_by_global_step(plan, epochs, t.seed, shuffle)
     trainer = AnswerLossTrainer(
         model=model,
-        args=training_arguments(config, run_dir / "checkpoints"),
-        train_dataset=rows,
-        data_collator=lambda batch_rows: collate(batch_rows, tokenizer.pad_token_id),
+        args=training_arguments(config, run_dir / "checkpoints", micro_batches=(1, plan.per_step)),
+        train_dataset=plan.micro_batches,
+        data_collator=collate,
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
         loss_fn=loss_fn,
+        train_sampler=StepSampler(plan, t.seed, shuffle),
     )
     figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
     out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return figures | {"rows": len(rows)}
+    return figures | {"micro_batches_per_step": plan.per_step,
+                      "rows": sum(len(rows) for rows in plan.micro_batches if rows)}
 
 
 def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_step: list[int]) -> dict:
     """Run Trainer (from the last checkpoint when resuming) and return tokens, time, memory and loss."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
+    trainer.add_callback(ReleaseMemoryCallback)
     checkpoints = run_dir / "checkpoints"
     checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
     started = time.perf_counter()

@@ -11,6 +11,7 @@ import torch
 from peft import IA3Config, PeftConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from peft import LoraConfig as PeftLoraConfig
 from peft import prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import BitsAndBytesConfig
 
 from tunelab.config import RunConfig
@@ -53,7 +54,22 @@ def apply_method(model: torch.nn.Module, config: RunConfig, task_type: str = "CA
         # then repacks the 4-bit weights for inference, and no gradient passes through them after that.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # peft keeps adapter weights in fp32 (autocast_adapter_dtype) while the frozen base may be bf16.
-    return get_peft_model(model, peft_config(config, model.name_or_path, task_type))
+    model = get_peft_model(model, peft_config(config, model.name_or_path, task_type))
+    if any(p.dtype == torch.bfloat16 for p in model.parameters()):
+        keep_adapter_inputs_bf16(model)
+    return model
+
+
+def keep_adapter_inputs_bf16(model: torch.nn.Module) -> None:
+    """Stop peft from casting each adapter's input to the adapter's fp32 dtype.
+
+    With a bf16 base, every step runs under bf16 autocast, which casts that fp32 copy straight back
+    to bf16 for the adapter's matmul: two full copies of the activations per adapted layer for the
+    same result. Measured on SmolLM2 with LoRA on CPU: dtype copies were about a fifth of the step.
+    """
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def peft_config(config: RunConfig, model_dir: str, task_type: str = "CAUSAL_LM") -> PeftConfig:

@@ -11,13 +11,18 @@ import random
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import encode_text
+from tunelab.eval.by_source import add_metrics_by_source
+from tunelab.eval.forgetting import ForgettingCheck
 from tunelab.eval.suite import build_eval_task, evaluate_arms
 from tunelab.train.common import finish_run, fit
+from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
 
 
-def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
     # ---- setup
+    forgetting = ForgettingCheck.from_config(config)  # general-text perplexity before vs after; None when off
     run = start_run(config, resume, overwrite, kinds=("text",),
                     hint='continued pretraining reads raw text rows ({"text": ...}); use task: sft for answers')
     tokenizer, length, seed = run.tokenizer, config.train.max_length, config.train.seed
@@ -28,13 +33,25 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     if config.eval.max_examples and len(heldout) > config.eval.max_examples:
         heldout = random.Random(seed).sample(heldout, config.eval.max_examples)
     eval_task = build_eval_task(tokenizer, [], heldout, "text", None, config.data.label_prompt, None, length)
+    val_chunks = [c for r in run.splits.val for c in encode_text(tokenizer, r.text, length)]
+    stopper = EarlyStopping.from_config(config, val_chunks, tokenizer.pad_token_id, run.run_dir)
+    if forgetting:
+        forgetting.measure_base(run.model, tokenizer)
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, chunks, config, run.run_dir, resume) | {"chunks": len(chunks), **counts}
+    train_metrics = fit(model, tokenizer, chunks, config, run.run_dir, resume,
+                        [*callbacks, stopper] if stopper else callbacks) | {"chunks": len(chunks), **counts}
+    if stopper:
+        train_metrics |= stopper.summary()
 
     # ---- evaluate: held-out perplexity, base (adapters disabled) vs tuned
-    metrics, _ = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
+    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
+    if run.splits.mixing:  # data.mix: perplexity per source too
+        add_metrics_by_source(metrics, arms, model, tokenizer, eval_task, [], heldout, config,
+                              lambda: load_base(config)[1])
+    if forgetting:
+        metrics["forgetting"] = forgetting.compare(model, tokenizer)
 
     # ---- save and report
     return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary}, [])

@@ -20,6 +20,7 @@ from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
+from tunelab.train.student import keep_evenly_spaced_blocks
 
 
 @dataclass
@@ -42,7 +43,11 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
 
 
 def load_base(config: RunConfig):
-    """Tokenizer and base causal LM, frozen weights in the dtype the hardware runs fastest."""
+    """Tokenizer and base causal LM, frozen weights in the dtype the hardware runs fastest.
+
+    A distillation student with ``distill.student_layers`` set keeps only that many blocks, here, so
+    every place that rebuilds a run's base (its baseline, ``tunelab eval``) gets the same student.
+    """
     quantization = quantization_config(config)  # 4-bit for qlora, else None
     model_dir = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -51,6 +56,8 @@ def load_base(config: RunConfig):
     dtype = pick_dtype(config.train.precision, config.method)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa",
                                                  quantization_config=quantization)
+    if config.task == "distill" and config.distill.student_layers:
+        model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
     return tokenizer, model
 
 
@@ -64,7 +71,8 @@ def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str
     set_seed(config.train.seed)
     splits = load_splits(config.data, config.train.seed)
     if splits.kind not in kinds:
-        raise TunelabError(f"{config.data.train}: the rows are {splits.kind} records; {hint}")
+        where = config.data.train or ", ".join(source.train for source in config.data.mix)
+        raise TunelabError(f"{where}: the rows are {splits.kind} records; {hint}")
     tokenizer, model = load(config, splits) if load else load_base(config)
     run_dir = prepare_run_dir(config, resume, overwrite)
     atomic_write_text(run_dir / "config.yaml", dump_config(config))

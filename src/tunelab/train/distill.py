@@ -1,0 +1,208 @@
+"""Knowledge distillation recipe: a smaller student learns the answers and its teacher's view of them.
+
+Per answer token, loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, answer),
+where _T is the softmax at temperature T (Hinton et al., 2015; T^2 keeps the gradient scale of the
+soft term independent of T). Answer tokens are exactly those SFT trains on (prompts masked), and both
+models' logits are computed only there, in chunks, so no [tokens x vocab] tensor exists for either.
+The teacher is frozen, in eval mode and in the frozen-weight dtype (bf16 where fast); the student
+trains with ``method`` like any SFT run. Token-level distillation compares distributions over the
+same token ids, so a teacher with another vocabulary is refused before anything is trained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tunelab.config import RunConfig
+from tunelab.data.templates import IGNORE_INDEX
+from tunelab.errors import TunelabError
+from tunelab.eval.by_source import add_metrics_by_source
+from tunelab.eval.suite import build_eval_task, evaluate_arms, evaluate_model, label_choices, prediction_rows
+from tunelab.export import read_run_config
+from tunelab.models import resolve_model
+from tunelab.precision import pick_dtype
+from tunelab.train.common import finish_run, fit
+from tunelab.train.early_stopping import EarlyStopping
+from tunelab.train.loss import CHUNK_ROWS, attention_mask_for, supports_selective_logits
+from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
+from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
+from tunelab.train.sft import _cap, encode_train
+from tunelab.train.student import keep_evenly_spaced_blocks
+
+
+def load_teacher(name: str, dtype: torch.dtype):
+    """Tokenizer and frozen eval-mode teacher from a run folder, model folder, hub id or embedded name."""
+    path = Path(name).expanduser()
+    if (path / "config.yaml").is_file():
+        tokenizer, model = _load_run_teacher(path, dtype)
+    else:
+        folder = resolve_model(name)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    model.requires_grad_(False)
+    return tokenizer, model.eval()
+
+
+def _load_run_teacher(run_dir: Path, dtype: torch.dtype):
+    """A finished run as one plain model: full weights, or its adapter merged into its base in fp32."""
+    from peft import PeftModel
+
+    run_config = read_run_config(run_dir)
+    if run_config.task not in ("sft", "pretrain", "distill"):
+        raise TunelabError(f"teacher {run_dir} is a task {run_config.task} run; a teacher must be a causal LM "
+                           f"(a run of task sft, pretrain or distill)")
+    if (run_dir / "model").is_dir():
+        folder = run_dir / "model"
+        return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, attn_implementation="sdpa")
+    if not (run_dir / "adapter").is_dir():
+        raise TunelabError(f"teacher run folder {run_dir} has no adapter/ or model/; did the run finish?")
+    if run_config.method in VIRTUAL_TOKEN_METHODS:
+        raise TunelabError(f"teacher {run_dir} was trained with method {run_config.method}, whose virtual tokens "
+                           f"cannot be merged into a plain model; use a run of another method as teacher")
+    # Merged in fp32 and rounded once afterwards: a small adapter delta is often below bf16's spacing.
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(run_config.model), dtype=torch.float32,
+                                                attn_implementation="sdpa")
+    if run_config.task == "distill" and run_config.distill.student_layers:
+        base = keep_evenly_spaced_blocks(base, run_config.distill.student_layers, run_config.model)
+    merged = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
+    return AutoTokenizer.from_pretrained(run_dir / "adapter"), merged.to(dtype)
+
+
+def check_shared_vocabulary(student_tokenizer, teacher_tokenizer, student: str, teacher: str) -> None:
+    """Refuse a teacher whose tokenizer maps text to other ids than the student's."""
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise TunelabError(
+            f"teacher {teacher} ({len(teacher_tokenizer)} tokens) and student {student} ({len(student_tokenizer)} "
+            f"tokens) do not share a vocabulary; token-level distillation compares their predictions token id by "
+            f"token id, so choose a teacher from the student's model family (or the student's own model with "
+            f"distill.student_layers for a smaller student)")
+
+
+def answer_rows(model, batch: dict[str, torch.Tensor], keep: torch.Tensor):
+    """(rows, to_logits): hidden states at the answer positions and the head that turns them into logits.
+
+    Models whose logits are not a plain head over the decoder (soft-capped logits, virtual tokens)
+    give their full logits at those positions instead, with an identity head.
+    """
+    if supports_selective_logits(model):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
+                                    position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+        return hidden[:, :-1][keep], base.get_output_embeddings()
+    width = batch["input_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
+                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    return logits[:, -width:][:, :-1][keep], torch.nn.Identity()  # prompt tuning puts its virtual tokens first
+
+
+def soft_kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Summed KL(teacher || student) of the two softmaxes at ``temperature``, over rows."""
+    width = min(student_logits.shape[-1], teacher_logits.shape[-1])  # heads may pad the vocabulary differently
+    student_log_probs = F.log_softmax(student_logits[:, :width] / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits[:, :width] / temperature, dim=-1)
+    return F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="sum")
+
+
+class DistillationLoss:
+    """``loss_fn`` for fit: (student, batch) -> (summed distillation loss, answer tokens).
+
+    The sum is over answer tokens, like the SFT loss, so the Trainer's division by the answer tokens of
+    the whole accumulated batch turns it into the per-token mean of the formula in the module docstring.
+    """
+
+    def __init__(self, teacher, alpha: float, temperature: float):
+        if teacher is None and alpha > 0:
+            raise ValueError("distillation with alpha > 0 needs a teacher")
+        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+
+    def __call__(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        targets = batch["labels"][:, 1:]
+        keep = targets != IGNORE_INDEX
+        targets = targets[keep]
+        rows, head = answer_rows(model, batch, keep)
+        teacher_rows, teacher_head = self._teacher_rows(batch, keep)
+        total = rows[:0].float().sum()  # zero that stays in the graph when a batch has no answer tokens
+        for start in range(0, rows.shape[0], CHUNK_ROWS):
+            chunk = slice(start, start + CHUNK_ROWS)
+            logits = head(rows[chunk]).float()
+            if self.alpha < 1:
+                total = total + (1 - self.alpha) * F.cross_entropy(logits, targets[chunk], reduction="sum")
+            if self.alpha > 0:
+                with torch.no_grad():
+                    teacher_logits = teacher_head(teacher_rows[chunk]).float()
+                kl = soft_kl_sum(logits, teacher_logits, self.temperature)
+                total = total + self.alpha * self.temperature ** 2 * kl
+        return total, int(targets.numel())
+
+    def _teacher_rows(self, batch: dict[str, torch.Tensor], keep: torch.Tensor):
+        if self.alpha == 0:
+            return None, None
+        device = batch["input_ids"].device
+        if self.teacher.device != device:  # the Trainer moves the student, never the teacher
+            self.teacher.to(device)
+        with torch.no_grad():
+            return answer_rows(self.teacher, batch, keep)
+
+
+def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
+    distill = config.distill
+    # ---- setup: the teacher first, so a missing teacher or another vocabulary fails before a run folder exists
+    teacher_tokenizer, teacher = None, None
+    if distill.alpha > 0:
+        # Frozen whatever the student's method, so in the dtype of frozen weights (bf16 where fast) even when
+        # the student trains in full fp32.
+        frozen_dtype = pick_dtype(config.train.precision, method="lora")
+        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype)
+    else:
+        print("distill.alpha=0: the teacher takes no part; the student trains on the answers alone", flush=True)
+
+    def load_student(config: RunConfig, splits):
+        tokenizer, student = load_base(config)
+        if teacher_tokenizer is not None:
+            check_shared_vocabulary(tokenizer, teacher_tokenizer, config.model, distill.teacher)
+        return tokenizer, student
+
+    run = start_run(config, resume, overwrite, kinds=("chat", "labeled"), load=load_student,
+                    hint="raw text has no answers to distill; use task: pretrain")
+    splits, tokenizer = run.splits, run.tokenizer
+    choices = label_choices(splits.train, splits.kind)
+    data_summary = write_data_summary(run.run_dir, splits, labels=choices)
+    examples = encode_train(tokenizer, splits, choices, config)
+    test, val = _cap(splits.test, config), _cap(splits.val, config)
+    eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
+                                config.data.system_prompt, config.train.max_length)
+    # Early stopping watches the answer loss on the val split (never the test split), as in SFT.
+    stopper = EarlyStopping.from_config(config, eval_task.heldout if val else [], tokenizer.pad_token_id, run.run_dir)
+    model, counts = with_method(run.model, config)
+    loss = DistillationLoss(teacher, distill.alpha, distill.temperature)
+
+    # ---- train
+    train_metrics = fit(model, tokenizer, examples, config, run.run_dir, resume,
+                        [*callbacks, stopper] if stopper else callbacks, loss_fn=loss)
+    if stopper:
+        train_metrics |= stopper.summary()
+    train_metrics |= {"examples": len(examples), **counts, "teacher": distill.teacher, "alpha": distill.alpha,
+                      "temperature": distill.temperature, "student_layers": distill.student_layers}
+    if teacher is not None:
+        train_metrics["teacher_params"] = parameter_counts(teacher)["total_params"]
+
+    # ---- evaluate: base student, tuned student and the teacher, same prompts, same examples
+    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
+    if splits.mixing:  # data.mix: every metric per source too
+        add_metrics_by_source(metrics, arms, model, tokenizer, eval_task, test, val or test, config,
+                              lambda: load_base(config)[1])
+    if teacher is not None:
+        args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
+        metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, eval_task, *args, "teacher")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["teacher"].items() if isinstance(v, float))
+        print(f"teacher {distill.teacher}: {shown}", flush=True)
+
+    # ---- save and report
+    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
+                      prediction_rows(eval_task, arms))

@@ -1,0 +1,102 @@
+"""Early stopping on validation loss, with the best weights put back when training ends.
+
+Every ``train.early_stopping.eval_steps`` optimizer steps (and once more at the end) the callback
+takes the loss of the model being trained on the encoded validation examples, logs it as
+``val_loss`` in train_log.jsonl, and copies the trainable weights whenever the loss beats the best
+so far by more than ``min_delta``. After ``patience`` evaluations in a row without that, it stops
+training. When training ends, stopped or not, the best weights are restored, so the adapter (or
+model) that ``fit`` saves is the best one seen. On ``--resume`` the count starts afresh.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tunelab.config import EarlyStoppingConfig, RunConfig
+from tunelab.data.templates import Encoded
+from tunelab.errors import TunelabError
+from tunelab.eval.evaluate import heldout_nll
+from tunelab.precision import autocast_like
+from tunelab.train.common import JsonlLogCallback
+
+
+def validation_loss(model, examples: list[Encoded], max_length: int, pad_token_id: int, batch_size: int) -> float:
+    """Mean loss per loss token of ``model`` on ``examples``, in eval mode; the mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_like(model):
+            total, tokens = heldout_nll(model, examples, max_length, pad_token_id, batch_size, desc="val loss")
+    finally:
+        model.train(was_training)
+    return total / max(tokens, 1)
+
+
+class EarlyStopping(TrainerCallback):
+    """Validation loss every ``eval_steps`` steps; stop after ``patience`` without improvement; keep the best."""
+
+    def __init__(self, settings: EarlyStoppingConfig, val_examples: list[Encoded], max_length: int,
+                 pad_token_id: int, batch_size: int, log_path: Path):
+        if not val_examples:
+            raise TunelabError("train.early_stopping needs validation examples, but the val split is empty; set "
+                               "data.val_fraction above 0 or give data.val")
+        self.settings = settings
+        self.val_examples = val_examples
+        self.max_length = max_length
+        self.pad_token_id = pad_token_id
+        self.batch_size = batch_size
+        self.log = JsonlLogCallback(log_path, [])  # val_loss rows in the same file and format as training rows
+        self.best_loss = math.inf
+        self.best_step: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.evaluations_without_improvement = 0
+        self.last_evaluated_step: int | None = None
+        self.stopped_early = False
+
+    @classmethod
+    def from_config(cls, config: RunConfig, val_examples: list[Encoded], pad_token_id: int,
+                    run_dir: Path) -> EarlyStopping | None:
+        """The callback for a run, or None when train.early_stopping is off."""
+        if config.train.early_stopping is None:
+            return None
+        return cls(config.train.early_stopping, val_examples, config.train.max_length, pad_token_id,
+                   max(1, config.eval.batch_size // 4), run_dir / "train_log.jsonl")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.settings.eval_steps:
+            return
+        self._evaluate(args, state, control, model)
+        if self.evaluations_without_improvement >= self.settings.patience and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped_early = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.last_evaluated_step != state.global_step:
+            self._evaluate(args, state, control, model)  # the final weights may be the best
+        if self.best_weights is not None:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.best_weights:
+                        param.copy_(self.best_weights[name])
+
+    def summary(self) -> dict:
+        """For metrics["train"]."""
+        return {"best_val_loss": round(self.best_loss, 6), "best_step": self.best_step,
+                "stopped_early": self.stopped_early}
+
+    def _evaluate(self, args, state, control, model) -> None:
+        loss = validation_loss(model, self.val_examples, self.max_length, self.pad_token_id, self.batch_size)
+        self.last_evaluated_step = state.global_step
+        state.log_history.append({"val_loss": loss, "step": state.global_step})
+        self.log.on_log(args, state, control, logs={"val_loss": loss})
+        if loss < self.best_loss - self.settings.min_delta:
+            self.best_loss, self.best_step = loss, state.global_step
+            self.evaluations_without_improvement = 0
+            self.best_weights = {name: param.detach().to("cpu", copy=True)
+                                 for name, param in model.named_parameters() if param.requires_grad}
+        else:
+            self.evaluations_without_improvement += 1

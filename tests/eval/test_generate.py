@@ -1,0 +1,37 @@
+"""Batched generation gives what one prompt at a time gives, with a contiguous input to the head."""
+
+import torch
+
+from tunelab.eval.evaluate import contiguous_head_input, generate
+
+
+def test_batched_generation_equals_one_at_a_time(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():  # the random model would answer only newlines, which decode to ""
+        model.get_output_embeddings().weight[tiny_tokenizer("\n", add_special_tokens=False)["input_ids"]] = 0
+    prompts = [tiny_tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                  add_generation_prompt=True)
+               for text in ("great", "the movie was dull and tedious", "a wonderful, moving film", "awful")]
+    batched = generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    single = [generate(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single and all(batched)
+
+
+def test_head_sees_a_contiguous_input_inside_the_context(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    head = model.get_output_embeddings()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    seen = []
+    with torch.no_grad():
+        with contiguous_head_input(model):
+            recorder = head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+            inside = model(input_ids=ids, logits_to_keep=1).logits
+        model(input_ids=ids, logits_to_keep=1)  # outside: the model hands the head a strided slice
+        recorder.remove()
+        reference = model(input_ids=ids).logits[:, -1:]
+    assert seen == [True, False]
+    assert torch.allclose(inside, reference, atol=1e-5)
