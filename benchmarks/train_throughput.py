@@ -336,9 +336,10 @@ def markdown(res: dict) -> str:
         "tokenization and saving are outside it, and inside wall s. Cross-checks: TRL tokenized "
         f"{res['crosscheck']['trl_tokens']} tokens; tunelab's metrics.json reports {res['crosscheck']['tunelab_tokens']} "
         f"tokens at {res['crosscheck']['tunelab_tokens_per_s']} tokens/s (mean of its runs).",
-        "- batch size: both get 8, but tunelab packs several examples into each row of max_length tokens and "
-        "counts packed rows, so one tunelab step holds more examples (fewer optimizer steps: "
-        f"A {res['steps']['A']} vs B {res['steps']['B']}) while TRL pads each batch to its longest example.",
+        "- batch size: 8 examples per optimizer step for both (A "
+        f"{res['steps']['A']} steps, B {res['steps']['B']} steps). TRL pads each batch to its longest example; "
+        "tunelab packs a step's examples into micro-batches of at most train.micro_batch_tokens (1024) tokens, "
+        "whose gradients accumulate into the one update.",
         "- wall s: the whole process, model load included. B's also includes its built-in evaluation of the "
         "tuned adapter after training (generation on the held-out prompts and held-out loss; "
         "eval.baseline=false); A does no evaluation.",

@@ -13,8 +13,6 @@ import functools
 import os
 import resource
 
-from transformers import TrainerCallback
-
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
@@ -35,10 +33,3 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-class ReleaseMemoryCallback(TrainerCallback):
-    """release_memory() after every optimizer step, when the step's activations have been freed."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        release_memory()

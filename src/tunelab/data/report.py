@@ -95,7 +95,7 @@ def _read_splits(out: Path, count) -> tuple[dict[str, array], dict[str, list[Exa
         path = out / f"{split}.jsonl"
         if not path.exists():
             continue
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="\n") as f:  # rows end at "\n" only
             for line, raw in enumerate(f, 1):
                 row = json.loads(raw)
                 messages = row.get("messages")

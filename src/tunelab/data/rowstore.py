@@ -7,12 +7,10 @@ streams an output file of any size and moves it into place only once it is compl
 from __future__ import annotations
 
 import os
-import tempfile
 from array import array
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TextIO
+
+from tunelab.io import atomic_writer
 
 _WRITE_BUFFER = 1 << 20
 
@@ -47,26 +45,6 @@ class RowStore:
         self._file.close()
 
 
-@contextmanager
-def atomic_text_writer(path: str | Path) -> Iterator[TextIO]:
-    """A UTF-8 text file to write in pieces; it replaces ``path`` when the block ends without an error,
-    and is removed otherwise, so readers see the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        with open(fd, "w", encoding="utf-8", newline="", buffering=_WRITE_BUFFER) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def atomic_text_writer(path: str | Path):
+    """A UTF-8 text file to write in pieces, moved into place only once complete (see tunelab.io)."""
+    return atomic_writer(path, "w", encoding="utf-8", newline="", buffering=_WRITE_BUFFER)

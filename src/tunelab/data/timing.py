@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tunelab.memory import peak_rss_mb
 
 
 class StageClock:
@@ -40,12 +40,6 @@ class StageClock:
                             "rows_per_second": round(rows / seconds) if seconds > 0 and rows else None}
         return {"stages": stages, "total_seconds": round(time.perf_counter() - self._started, 3),
                 "peak_rss_mb": round(peak_rss_mb(), 1)}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 def format_timings(timings: dict) -> str:

@@ -22,7 +22,7 @@ from tunelab.config import RunConfig
 from tunelab.data.pack import collate_packed, collate_padded, width_multiple
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.io import atomic_write_json, atomic_write_jsonl
-from tunelab.memory import ReleaseMemoryCallback, peak_rss_mb, release_memory
+from tunelab.memory import peak_rss_mb, release_memory
 from tunelab.precision import autocast_like
 from tunelab.report import comparison_table, write_report
 from tunelab.train.curriculum import curriculum_order
@@ -52,6 +52,13 @@ class AnswerLossTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         return self.train_sampler or super()._get_train_sampler(train_dataset)
+
+
+class ReleaseMemoryCallback(TrainerCallback):
+    """release_memory() after every optimizer step, when the step's activations have been freed."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        release_memory()
 
 
 class LossInBarProgress(ProgressCallback):
@@ -94,10 +101,13 @@ def micro_batch_plan(batch_size: int, max_length: int, micro_batch_tokens: int) 
 
 
 def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: tuple[int, int] | None = None,
-                       ) -> TrainingArguments:
+                       total_steps: int | None = None) -> TrainingArguments:
     """Trainer arguments from the config; ``micro_batches`` = (items per forward pass, passes per update)
-    overrides the memory plan of ``micro_batch_plan``."""
+    overrides the memory plan of ``micro_batch_plan``. With ``total_steps`` known, warmup is
+    ``warmup_ratio`` of them rounded down, so a short run never spends a whole step at learning rate 0
+    (Trainer rounds the ratio up)."""
     t = config.train
+    warmup = int(t.warmup_ratio * total_steps) if total_steps else t.warmup_ratio
     rows, accumulation = micro_batches or micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -105,7 +115,7 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: t
         gradient_accumulation_steps=accumulation if micro_batches else t.gradient_accumulation * accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=warmup,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         num_train_epochs=t.epochs,
@@ -155,7 +165,8 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
     tokens_per_step = tokens_by_global_step(plan, epochs, t.seed, shuffle)
     trainer = AnswerLossTrainer(
         model=model,
-        args=training_arguments(config, run_dir / "checkpoints", micro_batches=(1, plan.per_step)),
+        args=training_arguments(config, run_dir / "checkpoints", micro_batches=(1, plan.per_step),
+                                total_steps=t.max_steps or math.ceil(t.epochs * plan.steps)),
         train_dataset=plan.micro_batches,
         data_collator=collate,
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],

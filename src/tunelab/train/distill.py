@@ -29,8 +29,8 @@ from tunelab.train.common import finish_run, fit
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.loss import CHUNK_ROWS, attention_mask_for, supports_selective_logits
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
-from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
-from tunelab.train.sft import _cap, encode_train
+from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
+from tunelab.train.sft import encode_train
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 
@@ -174,7 +174,7 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
     choices = label_choices(splits.train, splits.kind)
     data_summary = write_data_summary(run.run_dir, splits, labels=choices)
     examples = encode_train(tokenizer, splits, choices, config)
-    test, val = _cap(splits.test, config), _cap(splits.val, config)
+    test, val = cap_examples(splits.test, config), cap_examples(splits.val, config)
     eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
                                 config.data.system_prompt, config.train.max_length)
     # Early stopping watches the answer loss on the val split (never the test split), as in SFT.

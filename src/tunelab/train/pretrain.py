@@ -16,7 +16,7 @@ from tunelab.eval.forgetting import ForgettingCheck
 from tunelab.eval.suite import build_eval_task, evaluate_arms
 from tunelab.train.common import finish_run, fit
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
+from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
 
 
 def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
@@ -29,9 +29,7 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     data_summary = write_data_summary(run.run_dir, run.splits)
     chunks = [c for r in run.splits.train for c in encode_text(tokenizer, r.text, length)]
     random.Random(seed).shuffle(chunks)
-    heldout = run.splits.test or run.splits.val
-    if config.eval.max_examples and len(heldout) > config.eval.max_examples:
-        heldout = random.Random(seed).sample(heldout, config.eval.max_examples)
+    heldout = cap_examples(run.splits.test or run.splits.val, config)
     eval_task = build_eval_task(tokenizer, [], heldout, "text", None, config.data.label_prompt, None, length)
     val_chunks = [c for r in run.splits.val for c in encode_text(tokenizer, r.text, length)]
     stopper = EarlyStopping.from_config(config, val_chunks, tokenizer.pad_token_id, run.run_dir)

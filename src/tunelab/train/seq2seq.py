@@ -32,7 +32,7 @@ from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
 from tunelab.train.common import AnswerLossTrainer, JsonlLogCallback, finish_run, train_and_measure, training_arguments
 from tunelab.train.methods import WHOLE_MODEL_METHODS
-from tunelab.train.setup import start_run, with_method, write_data_summary
+from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
 
 SEQ2SEQ_METHODS = ("full", "lora", "dora", "rslora", "ia3")
 
@@ -249,12 +249,6 @@ def evaluate_arms(model, tokenizer, task: EvalTask, config: RunConfig) -> tuple[
     return metrics, arms
 
 
-def _cap(records: list[Record], config: RunConfig) -> list[Record]:
-    """A seeded subset of at most eval.max_examples records."""
-    limit = config.eval.max_examples
-    return random.Random(config.train.seed).sample(records, limit) if limit and len(records) > limit else records
-
-
 # ---- the recipe
 
 def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
@@ -275,8 +269,8 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     if not examples:
         raise TunelabError("no training example has a non-empty target")
     random.Random(config.train.seed).shuffle(examples)
-    test = pairs(_cap(splits.test, config))
-    heldout = encode_pairs(tokenizer, pairs(_cap(splits.val or splits.test, config)), length)
+    test = pairs(cap_examples(splits.test, config))
+    heldout = encode_pairs(tokenizer, pairs(cap_examples(splits.val or splits.test, config)), length)
     eval_task = EvalTask(splits.kind, [p.shown for p in test], [p.source for p in test],
                          [p.target for p in test], choices, [e for e in heldout if e.labels])
     model, counts = with_method(run.model, config, task_type="SEQ_2_SEQ_LM")

@@ -6,6 +6,7 @@ next attempt with "run folder already exists".
 
 from __future__ import annotations
 
+import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,3 +96,9 @@ def with_method(model, config: RunConfig, task_type: str = "CAUSAL_LM") -> tuple
     print(f"model: {config.model} ({next(model.parameters()).dtype}), method {config.method}: "
           f"{counts['trainable_params']:,} trainable of {counts['total_params']:,} parameters", flush=True)
     return model, counts
+
+
+def cap_examples(records: list, config: RunConfig) -> list:
+    """A seeded subset of at most eval.max_examples records (all of them when that is null)."""
+    limit = config.eval.max_examples
+    return random.Random(config.train.seed).sample(records, limit) if limit and len(records) > limit else records

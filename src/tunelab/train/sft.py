@@ -17,7 +17,7 @@ from tunelab.eval.by_source import add_metrics_by_source
 from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows, to_messages
 from tunelab.train.common import finish_run, fit
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.setup import load_base, start_run, with_method, write_data_summary
+from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
 
 
 def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
@@ -39,7 +39,7 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
     choices = label_choices(splits.train, splits.kind)
     data_summary = write_data_summary(run.run_dir, splits, labels=choices)
     examples = encode_train(tokenizer, splits, choices, config)
-    test, val = _cap(splits.test, config), _cap(splits.val, config)
+    test, val = cap_examples(splits.test, config), cap_examples(splits.val, config)
     eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
                                 config.data.system_prompt, config.train.max_length)
     # eval_task.heldout is the encoded val split when there is one (else the test split: never stop on test)
@@ -62,8 +62,3 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
     return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
                       prediction_rows(eval_task, arms))
 
-
-def _cap(records: list, config: RunConfig) -> list:
-    """A seeded subset of at most eval.max_examples records."""
-    limit = config.eval.max_examples
-    return random.Random(config.train.seed).sample(records, limit) if limit and len(records) > limit else records
