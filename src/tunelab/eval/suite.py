@@ -85,14 +85,8 @@ def _evaluate(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens:
     predictions: list[dict] = []
     if task.choices:
         scores = score_choices(model, tokenizer, task.prompts, task.choices, batch_size, desc=f"{arm}: scoring")
-        probs = [choice_probabilities(s) for s in scores]
-        predicted = [task.choices[max(range(len(p)), key=p.__getitem__)] for p in probs]
-        confidence = [max(p) for p in probs]
-        correct = [p == r for p, r in zip(predicted, task.references)]
-        metrics.update(label_metrics(task.references, predicted, task.choices))
-        metrics["ece"] = expected_calibration_error(confidence, correct)
-        predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
-                       for p, c, conf in zip(predicted, correct, confidence)]
+        label_scores, predictions = label_results(scores, task.choices, task.references)
+        metrics.update(label_scores)
     elif task.prompts:
         outputs = generate(model, tokenizer, task.prompts, max_new_tokens, batch_size, desc=f"{arm}: generating")
         metrics.update(text_metrics(task.references, outputs))
@@ -102,6 +96,19 @@ def _evaluate(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens:
                                   max(1, batch_size // 4), desc=f"{arm}: held-out loss")
         metrics["loss"] = nll / max(tokens, 1)
         metrics["perplexity"] = perplexity(nll, tokens)
+    return metrics, predictions
+
+
+def label_results(scores: list[list[float]], choices: list[str], references: list[str]) -> tuple[dict, list[dict]]:
+    """Label metrics with calibration, and per-example predictions, from each example's label log-likelihoods."""
+    probs = [choice_probabilities(s) for s in scores]
+    predicted = [choices[max(range(len(p)), key=p.__getitem__)] for p in probs]
+    confidence = [max(p) for p in probs]
+    correct = [p == r for p, r in zip(predicted, references)]
+    metrics = label_metrics(references, predicted, choices)
+    metrics["ece"] = expected_calibration_error(confidence, correct)
+    predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
+                   for p, c, conf in zip(predicted, correct, confidence)]
     return metrics, predictions
 
 

@@ -25,9 +25,8 @@ from tunelab.data.dataset import Splits
 from tunelab.data.records import Record
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.errors import TunelabError
-from tunelab.eval.evaluate import choice_probabilities
-from tunelab.eval.metrics import expected_calibration_error, label_metrics, perplexity, text_metrics
-from tunelab.eval.suite import EvalTask, label_choices, prediction_rows
+from tunelab.eval.metrics import perplexity, text_metrics
+from tunelab.eval.suite import EvalTask, label_choices, label_results, prediction_rows
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
 from tunelab.train.common import AnswerLossTrainer, JsonlLogCallback, finish_run, train_and_measure, training_arguments
@@ -214,14 +213,8 @@ def evaluate_seq2seq(model, tokenizer, task: EvalTask, config: RunConfig, arm: s
         if task.choices:
             scores = score_targets(model, tokenizer, task.prompts, task.choices, batch_size, max_length,
                                    desc=f"{arm}: scoring")
-            probs = [choice_probabilities(s) for s in scores]
-            predicted = [task.choices[max(range(len(p)), key=p.__getitem__)] for p in probs]
-            confidence = [max(p) for p in probs]
-            correct = [p == r for p, r in zip(predicted, task.references)]
-            metrics.update(label_metrics(task.references, predicted, task.choices))
-            metrics["ece"] = expected_calibration_error(confidence, correct)
-            predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
-                           for p, c, conf in zip(predicted, correct, confidence)]
+            label_scores, predictions = label_results(scores, task.choices, task.references)
+            metrics.update(label_scores)
         else:
             outputs = generate_targets(model, tokenizer, task.prompts, config.eval.max_new_tokens, batch_size,
                                        max_length, desc=f"{arm}: generating")
