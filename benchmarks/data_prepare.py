@@ -323,7 +323,7 @@ def main() -> None:
             run = run_prepare(path, Path(tmp) / f"prepared_{rows}", args.workers)
             run.update(rows=rows, file_mb=round(file_mb, 1), load_average=round(load, 2))
             print(run.pop("output"), flush=True)
-            runs.append(run)
+            runs.append(json.loads(json.dumps(run).replace(tmp, "$WORK")))  # no temp-folder names in results
             path.unlink()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                "quick": args.quick, "seed": args.seed, "goals": GOALS,
