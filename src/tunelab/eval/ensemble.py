@@ -17,8 +17,8 @@ import numpy as np
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
 from tunelab.eval.evaluate import choice_probabilities, generate, score_choices
-from tunelab.eval.metrics import expected_calibration_error, label_metrics, normalize_answer, text_metrics
-from tunelab.eval.suite import build_eval_task
+from tunelab.eval.metrics import normalize_answer, text_metrics
+from tunelab.eval.suite import build_eval_task, label_arm
 from tunelab.precision import autocast_like
 
 ENSEMBLE = "ensemble"
@@ -141,17 +141,6 @@ def generations(loaded, records: list[Record], kind: str, desc: str) -> list[str
 
 
 # ---- scoring members and the ensemble as arms
-
-
-def label_arm(predicted: list[str], confidence: list[float], references: list[str], labels: list[str],
-              ) -> tuple[dict, list[dict]]:
-    """Label metrics and calibration of one arm, and its per-example predictions."""
-    correct = [p == r for p, r in zip(predicted, references)]
-    metrics = label_metrics(references, predicted, labels)
-    metrics["ece"] = expected_calibration_error(confidence, correct)
-    predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
-                   for p, c, conf in zip(predicted, correct, confidence)]
-    return metrics, predictions
 
 
 def label_ensemble(member_probs: dict[str, np.ndarray], labels: list[str], references: list[str],

@@ -103,9 +103,14 @@ def label_results(scores: list[list[float]], choices: list[str], references: lis
     """Label metrics with calibration, and per-example predictions, from each example's label log-likelihoods."""
     probs = [choice_probabilities(s) for s in scores]
     predicted = [choices[max(range(len(p)), key=p.__getitem__)] for p in probs]
-    confidence = [max(p) for p in probs]
+    return label_arm(predicted, [max(p) for p in probs], references, choices)
+
+
+def label_arm(predicted: list[str], confidence: list[float], references: list[str], labels: list[str],
+              ) -> tuple[dict, list[dict]]:
+    """Label metrics and calibration of one arm, and its per-example predictions."""
     correct = [p == r for p, r in zip(predicted, references)]
-    metrics = label_metrics(references, predicted, choices)
+    metrics = label_metrics(references, predicted, labels)
     metrics["ece"] = expected_calibration_error(confidence, correct)
     predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
                    for p, c, conf in zip(predicted, correct, confidence)]
