@@ -106,3 +106,94 @@ def test_full_runs_are_resaved_without_the_check(tmp_path, tiny_model_dir, capsy
     assert exported.dtype == torch.bfloat16
     for name, value in original.state_dict().items():
         assert torch.equal(exported.state_dict()[name], value.to(torch.bfloat16)), name
+
+
+# ---- seq2seq runs (a tiny random T5)
+
+
+@pytest.fixture(scope="module")
+def tiny_t5_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
+    config = T5Config(vocab_size=len(tiny_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                      dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seq2seq_lora_run(tmp_path_factory, tiny_t5_dir):
+    """A LoRA adapter on every linear layer of the tiny T5, trained hard on a bf16 base."""
+    from tunelab.train.seq2seq import run_seq2seq
+
+    root = tmp_path_factory.mktemp("export-seq2seq")
+    data = root / "copy.jsonl"
+    words = ["great", "dull", "wonderful", "awful", "fun", "boring"]
+    data.write_text("".join(json.dumps({"prompt": f"the movie was {w}", "completion": f"a {w} movie"}) + "\n"
+                            for w in words * 6), encoding="utf-8")
+    run_seq2seq(load_config(None, [f"model={tiny_t5_dir}", f"data.train={data}", f"output_dir={root / 'runs'}",
+                                   "run_name=t5-lora", "task=seq2seq", "method=lora", "lora.r=4",
+                                   "train.precision=bf16", "train.max_steps=12", "train.batch_size=4",
+                                   "train.learning_rate=1e-2", "train.max_length=32", "eval.batch_size=8",
+                                   "eval.max_new_tokens=6", "eval.baseline=false"]))
+    return root / "runs" / "t5-lora"
+
+
+@torch.no_grad()
+def seq2seq_logprobs(model, tokenizer, source, target):
+    """Teacher-forced log-probs at every target position: [target tokens, vocabulary]."""
+    ids = tokenizer(source, return_tensors="pt")["input_ids"]
+    labels = tokenizer(text_target=target, return_tensors="pt")["input_ids"]
+    decoder_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    return torch.log_softmax(model(input_ids=ids, decoder_input_ids=decoder_ids).logits[0].float(), dim=-1)
+
+
+def test_seq2seq_export_loads_without_peft_and_matches_the_adapter_model(seq2seq_lora_run, tiny_t5_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    from tunelab.train.seq2seq import generate_targets
+
+    out = tmp_path / "exported"
+    assert main(["export", str(seq2seq_lora_run), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").exists() and not (out / "adapter_config.json").exists()
+    check = json.loads((out / "export_check.json").read_text())
+    assert check["passed"] and 0 < len(check["prompts"]) <= 16 and check["max_logprob_diff"] <= 1e-3
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    exported = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(exported).__name__ == "T5ForConditionalGeneration"
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir, dtype=torch.float32)
+    adapter_model = PeftModel.from_pretrained(base, seq2seq_lora_run / "adapter").eval()
+    rows = [json.loads(line) for line in (seq2seq_lora_run / "predictions.jsonl").open()]
+    assert rows
+    for row in rows:  # the run's test sources, teacher-forced on their references
+        tuned = seq2seq_logprobs(adapter_model, tokenizer, row["input"], row["reference"])
+        assert (seq2seq_logprobs(exported, tokenizer, row["input"], row["reference"]) - tuned).abs().max() < 1e-4
+        with adapter_model.disable_adapter():
+            untuned = seq2seq_logprobs(adapter_model, tokenizer, row["input"], row["reference"])
+            assert (untuned - tuned).abs().max() > 0.1  # it learned
+    sources = [row["input"] for row in rows]
+    assert generate_targets(exported, tokenizer, sources, 8, 8, 32) == generate_targets(adapter_model, tokenizer,
+                                                                                        sources, 8, 8, 32)
+
+
+def test_full_seq2seq_runs_are_resaved_as_seq2seq_models(tmp_path, tiny_t5_dir):
+    from transformers import AutoModelForSeq2SeqLM
+
+    run = tmp_path / "t5-full"
+    run.mkdir()
+    config = load_config(None, [f"model={tiny_t5_dir}", "task=seq2seq", "method=full"], require_train_data=False)
+    (run / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    shutil.copytree(tiny_t5_dir, run / "model")
+    out = tmp_path / "out"
+    assert main(["export", str(run), "--out", str(out), "--dtype", "bf16"]) == 0
+    exported = AutoModelForSeq2SeqLM.from_pretrained(out)
+    original = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir, dtype=torch.float32)
+    assert exported.dtype == torch.bfloat16
+    for name, value in original.state_dict().items():
+        assert torch.equal(exported.state_dict()[name], value.to(torch.bfloat16)), name

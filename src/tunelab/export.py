@@ -1,10 +1,11 @@
 """``tunelab export``: merge a run's adapter into its base and write a standalone model folder.
 
 The folder (safetensors, tokenizer, chat template, generation config) loads with plain
-``AutoModelForCausalLM.from_pretrained``, without peft. A merge can silently change what a model
-says (wrong scaling, dtype rounding, unmerged modules), so before anything is written the merged
-model is compared with the adapter model on golden prompts: next-token log-probs and greedy
-outputs. A failed check writes ``export_check.json`` into the run folder and no model folder.
+``AutoModelForCausalLM.from_pretrained`` (``AutoModelForSeq2SeqLM`` for task seq2seq), without peft.
+A merge can silently change what a model says (wrong scaling, dtype rounding, unmerged modules), so
+before anything is written the merged model is compared with the adapter model on golden prompts:
+next-token log-probs (a seq2seq model's first target token) and greedy outputs. A failed check
+writes ``export_check.json`` into the run folder and no model folder.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_di
     """Export a run as a standalone model folder at ``out``; return the check written with it."""
     run_dir, out = Path(run_dir), Path(out)
     config = read_run_config(run_dir)
-    if config.task not in ("sft", "pretrain"):
+    if config.task not in ("sft", "pretrain", "seq2seq"):
         raise TunelabError(f"task {config.task} runs cannot be exported yet; export handles causal LM runs "
-                           f"(task sft or pretrain)")
+                           f"(task sft or pretrain) and encoder-decoder runs (task seq2seq)")
     if config.method in VIRTUAL_TOKEN_METHODS:
         raise TunelabError(f"method {config.method} cannot be merged into the base weights; serve it as an adapter")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -85,9 +86,10 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_di
     max_diff = DEFAULT_MAX_DIFF[dtype] if max_diff is None else max_diff
     tokenizer, adapter_model = load_adapter_model(run_dir, config)
     prompts = golden_prompts(run_dir, config, tokenizer)
-    reference = snapshot(adapter_model, tokenizer, prompts)
+    source_length = config.train.max_length if config.task == "seq2seq" else None
+    reference = snapshot(adapter_model, tokenizer, prompts, source_length)
     merged = merge_adapter(adapter_model, dtype)
-    check = compare(reference, snapshot(merged, tokenizer, prompts), prompts, max_diff)
+    check = compare(reference, snapshot(merged, tokenizer, prompts, source_length), prompts, max_diff)
     check = {"run": str(run_dir), "method": config.method, "dtype": dtype} | check
     if not check["passed"]:
         atomic_write_json(run_dir / "export_check.json", check)
@@ -107,6 +109,13 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return RunConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
+def model_class(config: RunConfig):
+    """The transformers class a run's model loads with: encoder-decoder for task seq2seq, else causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if config.task == "seq2seq" else AutoModelForCausalLM
+
+
 def load_adapter_model(run_dir: Path, config: RunConfig):
     """The run's tokenizer and its adapter on an fp32 copy of the base (never 4-bit, never bf16).
 
@@ -117,11 +126,11 @@ def load_adapter_model(run_dir: Path, config: RunConfig):
     merged into the full-precision base rather than the 4-bit weights they trained against.
     """
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")  # saved by training: same template and pad
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(config.model), dtype=torch.float32,
-                                                attn_implementation="sdpa")
+    attention = {} if config.task == "seq2seq" else {"attn_implementation": "sdpa"}  # T5 has no sdpa
+    base = model_class(config).from_pretrained(resolve_model(config.model), dtype=torch.float32, **attention)
     model = PeftModel.from_pretrained(base, run_dir / "adapter")
     return tokenizer, model.eval()
 
@@ -144,6 +153,8 @@ def golden_prompts(run_dir: Path, config: RunConfig, tokenizer) -> list[GoldenPr
     if predictions.exists():
         with predictions.open(encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()][:MAX_GOLDEN_PROMPTS]
+    if not rows and config.task == "seq2seq":
+        rows = [{"input": q, "reference": ""} for q in FALLBACK_QUESTIONS]
     if not rows:
         return [GoldenPrompt(q, _fallback_prompt(q, config, tokenizer)) for q in FALLBACK_QUESTIONS]
     summary_path = run_dir / "data_summary.json"
@@ -157,6 +168,11 @@ def golden_prompts(run_dir: Path, config: RunConfig, tokenizer) -> list[GoldenPr
         else:
             record = Record(kind="chat", messages=[{"role": "user", "content": row["input"]},
                                                    {"role": "assistant", "content": answer}])
+        if config.task == "seq2seq":  # the encoder's source text, as the recipe builds it
+            from tunelab.train.seq2seq import record_pairs
+
+            prompts.append(GoldenPrompt(row["input"], record_pairs([record], choices, config)[0].source))
+            continue
         messages = to_messages(record, choices, config.data.label_prompt, config.data.system_prompt)
         prompts.append(GoldenPrompt(row["input"], prompt_text(tokenizer, messages)))
     return prompts
@@ -170,7 +186,11 @@ def _fallback_prompt(question: str, config: RunConfig, tokenizer) -> str:
 
 
 @torch.no_grad()
-def snapshot(model, tokenizer, prompts: list[GoldenPrompt]) -> Snapshot:
+def snapshot(model, tokenizer, prompts: list[GoldenPrompt], source_length: int | None = None) -> Snapshot:
+    """With ``source_length`` (a seq2seq model), the encoder reads each prompt cut at that many tokens, and
+    the log-probs are those of the first target token."""
+    if source_length:
+        return _seq2seq_snapshot(model, tokenizer, [p.text for p in prompts], source_length)
     texts = [p.text for p in prompts]
     logprobs = []
     for text in texts:  # one at a time: no padding, so the last position is the prompt's last token
@@ -179,6 +199,21 @@ def snapshot(model, tokenizer, prompts: list[GoldenPrompt]) -> Snapshot:
         logprobs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     outputs = generate(model, tokenizer, texts, max_new_tokens=GOLDEN_NEW_TOKENS, batch_size=MAX_GOLDEN_PROMPTS,
                        desc="golden prompts")
+    return Snapshot(logprobs, outputs)
+
+
+def _seq2seq_snapshot(model, tokenizer, texts: list[str], source_length: int) -> Snapshot:
+    from tunelab.train.seq2seq import generate_targets
+
+    logprobs = []
+    start = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
+    for text in texts:  # tokenized as the recipe tokenizes sources (special tokens included)
+        ids = tokenizer(text, truncation=True, max_length=source_length, return_tensors="pt")["input_ids"]
+        ids = ids.to(model.device)
+        logits = model(input_ids=ids, decoder_input_ids=start, use_cache=False).logits[0, -1]
+        logprobs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    outputs = generate_targets(model, tokenizer, texts, GOLDEN_NEW_TOKENS, MAX_GOLDEN_PROMPTS, source_length,
+                               desc="golden prompts")
     return Snapshot(logprobs, outputs)
 
 
@@ -250,13 +285,13 @@ def write_model_folder(model, tokenizer, check: dict, out: Path) -> None:
 
 def export_whole_model(run_dir: Path, config: RunConfig, out: Path, dtype: str) -> dict:
     """Full and freeze runs saved a whole model: re-save it in the export dtype; nothing to merge or check."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_dir = run_dir / "model"
     if not model_dir.is_dir():
         raise TunelabError(f"run folder {run_dir} has no model/; did the run finish?")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=EXPORT_DTYPES[dtype])
+    model = model_class(config).from_pretrained(model_dir, dtype=EXPORT_DTYPES[dtype])
     set_generation_eos(model, tokenizer)
     check = {"run": str(run_dir), "method": config.method, "dtype": dtype, "checked": False,
              "reason": f"method {config.method} saved a whole model: there is no adapter to merge, so the "

@@ -2,22 +2,23 @@
 
 Either a causal LM run here (an embedded default, a local folder or a hub id; prompts rendered by
 the model's own chat template, greedy batched generation), or any OpenAI-compatible
-chat-completions server over plain HTTP. Greedy decoding (temperature 0 for servers) keeps runs
-reproducible. Server problems become one clear line, never a traceback.
+chat-completions server over plain HTTP (greedy, temperature 0, unless sampling settings are
+given). Server problems become one clear line, never a traceback.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
 from tunelab.data.templates import render
 from tunelab.errors import TunelabError
-from tunelab.eval.evaluate import generate
 
 
 class LocalGenerator:
@@ -36,53 +37,86 @@ class LocalGenerator:
         self.model.eval()
 
     def complete(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+        from tunelab.eval.evaluate import generate  # torch: only a local model needs it
+
         prompts = [render(self.tokenizer, messages, add_generation_prompt=True) for messages in conversations]
         return generate(self.model, self.tokenizer, prompts, max_new_tokens, self.batch_size, desc="generating")
 
 
 class ServerGenerator:
-    """POST /v1/chat/completions, one conversation at a time; OPENAI_API_KEY, when set, is sent as a bearer token."""
+    """An OpenAI-compatible chat-completions server: POST .../chat/completions, ``workers`` requests in
+    flight at once. ``api_key`` (else OPENAI_API_KEY), when set, is sent as a bearer token; without a
+    model name, the first one GET .../models lists is used. ``top_p`` None is left out of requests;
+    ``auth_hint`` ends the message of an HTTP 401 or 403."""
 
-    def __init__(self, server: str, model: str, *, seed: int, timeout: float):
+    def __init__(self, server: str, model: str | None = None, *, seed: int, timeout: float,
+                 temperature: float = 0.0, top_p: float | None = None, api_key: str | None = None,
+                 workers: int = 1, auth_hint: str = "set OPENAI_API_KEY"):
         self.url = chat_completions_url(server)
-        self.model = model
-        self.name = model
+        self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self.seed = seed
         self.timeout = timeout
+        self.temperature = temperature
+        self.top_p = top_p
+        self.workers = workers
+        self.auth_hint = auth_hint
+        self.model = model or self.first_model()
+        self.name = self.model
 
-    def complete(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
-        outputs = []
-        with tqdm(total=len(conversations), desc="generating", leave=False) as bar:  # cleared on errors too
-            for messages in conversations:
-                outputs.append(self._ask(messages, max_new_tokens))
-                bar.update()
-        return outputs
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int, *, seeds: list[int] | None = None,
+                 desc: str = "generating") -> list[str]:
+        """The replies, in order; request i sends ``seeds[i]`` (default: the generator's seed)."""
+        seeds = seeds or [self.seed] * len(conversations)
+        pool = ThreadPoolExecutor(self.workers)
+        try:  # the bar is cleared on errors too, and queued requests are dropped
+            replies = pool.map(self.chat, conversations, [max_new_tokens] * len(conversations), seeds)
+            return list(tqdm(replies, total=len(conversations), desc=desc, leave=False))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
-    def _ask(self, messages: list[dict], max_new_tokens: int) -> str:
-        body = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0,
-                "seed": self.seed}
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get("OPENAI_API_KEY"):
-            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
-        request = urllib.request.Request(self.url, json.dumps(body).encode("utf-8"), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            raise TunelabError(f"server {self.url} answered HTTP {error.code}: {_error_message(error)}") from None
-        except urllib.error.URLError as error:
-            raise TunelabError(f"cannot reach server {self.url}: {error.reason}") from None
-        except TimeoutError:
-            raise TunelabError(f"server {self.url} did not answer within {self.timeout} s (raise --timeout)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TunelabError(f"server {self.url} did not answer with JSON; "
-                               "is it a chat-completions endpoint?") from None
+    def chat(self, messages: list[dict], max_tokens: int, seed: int | None = None) -> str:
+        """The reply text to one conversation (seed None: the generator's seed)."""
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": self.temperature,
+                "seed": self.seed if seed is None else seed}
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        reply = self._request(self.url, body)
         try:
             content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise TunelabError(f"server {self.url} sent a reply without choices[0].message.content") from None
         self.name = reply.get("model") or self.model
         return content or ""
+
+    def first_model(self) -> str:
+        """The first model the server lists, for servers that need a model name."""
+        url = self.url.removesuffix("/chat/completions") + "/models"
+        try:
+            return str(self._request(url)["data"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise TunelabError(f"server {url} lists no model; pass --model NAME") from None
+
+    def _request(self, url: str, body: dict | None = None) -> dict:
+        """GET ``url``, or POST ``body`` to it, and read the JSON reply; every problem is one clear line."""
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(url, data, headers, method="GET" if data is None else "POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            hint = f"; {self.auth_hint}" if error.code in (401, 403) else ""
+            raise TunelabError(f"server {url} answered HTTP {error.code}: {_error_message(error)}{hint}") from None
+        except (OSError, http.client.HTTPException) as error:  # URLError, refused, reset, timed out
+            reason = getattr(error, "reason", None) or error
+            if isinstance(reason, TimeoutError):
+                raise TunelabError(f"server {url} did not answer within {self.timeout} s (raise --timeout)") from None
+            raise TunelabError(f"cannot reach server {url} ({reason}); check --server, "
+                               "e.g. http://localhost:8000/v1") from None
+        except ValueError:  # not JSON, or not UTF-8
+            raise TunelabError(f"server {url} did not answer with JSON; is it a chat-completions endpoint?") from None
 
 
 def chat_completions_url(server: str) -> str:
@@ -96,13 +130,14 @@ def chat_completions_url(server: str) -> str:
 
 
 def _error_message(error: urllib.error.HTTPError) -> str:
+    """The server's own error message when it sent one (OpenAI style), else the HTTP reason."""
     try:
         text = error.read().decode("utf-8", "replace")
     except OSError:
-        return error.reason or "no details"
+        return str(error.reason or "no details")
     try:
         detail = json.loads(text).get("error")
         text = detail.get("message", text) if isinstance(detail, dict) else (detail or text)
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, AttributeError):
         pass
     return " ".join(str(text).split())[:300] or str(error.reason)

@@ -291,6 +291,7 @@ def test_server_paraphrases_are_checked_and_linked(tmp_path, chat_server, monkey
     requests = ChatServer.requests
     assert len(requests) == 16 and {r["model"] for r in requests} == {"para-1"}  # from GET /models
     assert {r["temperature"] for r in requests} == {0.7} and {r["max_tokens"] for r in requests} == {40}
+    assert {r["top_p"] for r in requests} == {0.95}
     assert len({r["seed"] for r in requests}) == 16
     reasons = Counter(q["reason"].split(":")[0] for q in quarantined)
     assert reasons == {"paraphrase identical to the source": 2, "empty paraphrase": 2,
@@ -314,7 +315,7 @@ def test_server_errors_are_one_clear_line(tmp_path, chat_server, capsys, monkeyp
     code = main(["data", "augment", data, "--out", str(tmp_path / "aug.jsonl"),
                  "--server", "http://127.0.0.1:9/v1", "--model", "x", "--timeout", "5"])
     err = capsys.readouterr().err  # after the progress bar
-    assert code == 2 and "error: cannot reach http://127.0.0.1:9/v1/chat/completions (" in err
+    assert code == 2 and "error: cannot reach server http://127.0.0.1:9/v1/chat/completions (" in err
     assert err.split("error: ", 1)[1].count("\n") == 1
 
 

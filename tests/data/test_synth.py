@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -25,7 +27,7 @@ from tunelab.data.synth import (
 )
 from tunelab.embeddings import SentenceEncoder, top_k_similar
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.generators import chat_completions_url
+from tunelab.generators import ServerGenerator, chat_completions_url
 
 ESPRESSO = (
     "The Zephyr 3000 espresso machine heats water to 93 degrees Celsius in under forty seconds. "
@@ -256,8 +258,8 @@ class FakeChatServer(BaseHTTPRequestHandler):
         words = first_sentence.split()
         return f"Here you go:\nQ: What does the text say about {' '.join(words[:len(words) // 2])}?\nA: {answer}"
 
-    def _send(self, status: int, payload: dict):
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, payload: dict | bytes):
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -268,15 +270,23 @@ class FakeChatServer(BaseHTTPRequestHandler):
         pass
 
 
+@contextmanager
+def serving(handler):
+    """``handler`` served on a free loopback port; yields the server's address."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeChatServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
     FakeChatServer.requests = []
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(FakeChatServer) as address:
+        yield f"{address}/v1"
 
 
 def test_pipeline_against_a_chat_server(docs, server, encoder, tmp_path, capsys):
@@ -303,6 +313,7 @@ def test_pipeline_against_a_chat_server(docs, server, encoder, tmp_path, capsys)
         assert all({"source_doc", "chunk", "similarity"} <= set(c) for c in meta["context_chunks"])
     # The excerpt and its context reach the server in the prompt.
     prompts = [r["messages"][-1]["content"] for r in FakeChatServer.requests]
+    assert all(r["temperature"] == 0 and "top_p" not in r for r in FakeChatServer.requests)  # greedy
     assert any(LIGHTHOUSE in p and "Related excerpts" in p for p in prompts)
 
     quarantine = [json.loads(line) for line in output_paths(out)["quarantine"].read_text().splitlines()]
@@ -375,3 +386,40 @@ def test_server_addresses():
     assert {chat_completions_url(u) for u in ("http://host:8000", "http://host:8000/v1/", full)} == {full}
     with pytest.raises(TunelabError, match="not an http"):
         chat_completions_url("host:8000")
+
+
+class OddServer(FakeChatServer):
+    """Replies a chat-completions client must turn into one clear line; the first path part picks which."""
+
+    def do_GET(self):
+        self._send(200, b'{"object": "list", "data": []}')  # a models list without models
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        route = self.path.split("/")[1]
+        if route == "slow":
+            return time.sleep(1)  # no answer before the client gives up
+        replies = {"html": (200, b"<html>busy</html>"), "locked": (403, b'{"error": {"message": "forbidden"}}'),
+                   "plain": (500, b"database\n  on fire"), "empty": (200, b'{"choices": []}')}
+        self._send(*replies[route])
+
+
+@pytest.fixture
+def odd_server():
+    with serving(OddServer) as address:
+        yield address
+
+
+@pytest.mark.parametrize("route, model, message", [
+    ("html", "m", r"^server \S+/html/\S+ did not answer with JSON; is it a chat-completions endpoint\?$"),
+    ("empty", "m", r"^server \S+/empty/v1/chat/completions sent a reply without choices\[0\]\.message\.content$"),
+    ("empty", None, r"^server \S+/empty/v1/models lists no model; pass --model NAME$"),
+    ("locked", "m", r"^server \S+/locked/v1/chat/completions answered HTTP 403: forbidden; set OPENAI_API_KEY$"),
+    ("plain", "m", r"^server \S+/plain/v1/chat/completions answered HTTP 500: database on fire$"),
+    ("slow", "m", r"^server \S+/slow/v1/chat/completions did not answer within 0\.2 s \(raise --timeout\)$"),
+])
+def test_bad_server_replies_are_one_clear_line(odd_server, route, model, message, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(TunelabError, match=message):
+        generator = ServerGenerator(f"{odd_server}/{route}/v1", model, seed=0, timeout=0.2, workers=2)
+        generator.complete([[{"role": "user", "content": "Hello"}]] * 3, 8)

@@ -63,3 +63,88 @@ def test_an_ensemble_of_classification_runs(tmp_path, tiny_model_dir, split_file
     chat.write_text(json.dumps({"prompt": "hi", "completion": "positive"}) + "\n")
     assert main(["eval", "--model", lora_run, "--model", full_run, "--ensemble", "vote", "--data", str(chat)]) == 2
     assert "classification run; it evaluates text/label rows" in capsys.readouterr().err
+
+
+# ---- seq2seq runs (a tiny random T5)
+
+SEQ2SEQ_METHODS = {"lora": 1e-2, "prompt": 3e-1, "freeze": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def seq2seq_runs(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 32-wide T5 tuned with an adapter (lora), virtual tokens (prompt) and as a whole model (freeze)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from tunelab.train.seq2seq import run_seq2seq
+
+    root = tmp_path_factory.mktemp("seq2seq-eval")
+    torch.manual_seed(0)
+    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tiny_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                                        num_heads=2, dropout_rate=0.0, decoder_start_token_id=pad,
+                                        pad_token_id=pad, eos_token_id=eos)).save_pretrained(root / "t5")
+    tiny_tokenizer.save_pretrained(root / "t5")
+    words = [("great", "positive"), ("dull", "negative"), ("wonderful", "positive"), ("awful", "negative"),
+             ("fun", "positive"), ("boring", "negative")]
+    rows = [json.dumps({"text": f"the movie was {w}", "label": label}) + "\n" for w, label in words * 8]
+    (root / "train.jsonl").write_text("".join(rows[:36]))
+    (root / "test.jsonl").write_text("".join(rows[36:]))
+    runs = {}
+    for method, learning_rate in SEQ2SEQ_METHODS.items():
+        config = load_config(None, [f"model={root / 't5'}", f"data.train={root / 'train.jsonl'}",
+                                    f"data.test={root / 'test.jsonl'}", "data.val_fraction=0",
+                                    f"output_dir={root / 'runs'}", f"run_name=s2s-{method}", "task=seq2seq",
+                                    f"method={method}", "train.max_steps=12", "train.batch_size=4",
+                                    f"train.learning_rate={learning_rate}", "train.logging_steps=4",
+                                    "train.save_steps=100", "train.max_length=32", "train.precision=fp32",
+                                    "eval.batch_size=8", "lora.r=4", "prompt.num_virtual_tokens=4",
+                                    "freeze.last_n_layers=1"])
+        runs[method] = (run_seq2seq(config), str(root / "runs" / f"s2s-{method}"))
+    return root, runs
+
+
+@pytest.mark.parametrize("method", SEQ2SEQ_METHODS)
+def test_eval_of_a_seq2seq_run_reproduces_its_own_test_metrics(tmp_path, seq2seq_runs, method, capsys):
+    root, runs = seq2seq_runs
+    trained, run_dir = runs[method]
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", run_dir, "--data", str(root / "test.jsonl"), "--out", str(out)]) == 0
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Same weights, same test rows, the recipe's own evaluation: both arms score as at the end of training.
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    for arm in ("base", "tuned"):
+        assert set(metrics[arm]) == set(trained[arm])
+        assert metrics[arm]["accuracy"] == trained[arm]["accuracy"]
+        assert metrics[arm]["confusion_matrix"] == trained[arm]["confusion_matrix"]
+        assert metrics[arm]["loss"] == pytest.approx(trained[arm]["loss"], rel=1e-4)
+        assert metrics[arm]["ece"] == pytest.approx(trained[arm]["ece"], abs=1e-6)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert len(rows) == 12 and {"base_prediction", "tuned_prediction", "tuned_confidence"} <= set(rows[0])
+    printed = capsys.readouterr().out
+    assert "base" in printed and "tuned" in printed
+
+
+def test_a_plain_t5_is_evaluated_as_seq2seq(tmp_path, seq2seq_runs):
+    root, _ = seq2seq_runs
+    data = tmp_path / "copy.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"the movie was {w}", "completion": f"a {w} movie"}) + "\n"
+                            for w in ["great", "dull", "fun"]))
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(root / "t5"), "--data", str(data), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "base" not in metrics and {"exact_match", "rouge_l", "loss"} <= set(metrics["tuned"])
+
+
+def test_an_ensemble_of_seq2seq_runs(tmp_path, seq2seq_runs):
+    root, runs = seq2seq_runs
+    out = tmp_path / "ensemble"
+    members = [runs["lora"][1], runs["freeze"][1]]
+    assert main(["eval", "--model", members[0], "--model", members[1], "--ensemble", "mean",
+                 "--data", str(root / "test.jsonl"), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for method in ("lora", "freeze"):  # each member scores its labels exactly as its own run did
+        assert metrics[f"s2s-{method}"]["accuracy"] == runs[method][0]["tuned"]["accuracy"]
+        assert metrics[f"s2s-{method}"]["ece"] == pytest.approx(runs[method][0]["tuned"]["ece"], abs=1e-6)
+    assert {"accuracy", "f1", "ece"} <= set(metrics["ensemble"])

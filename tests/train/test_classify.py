@@ -1,4 +1,5 @@
-"""Classification heads on a tiny random BERT (encoder) and a tiny random Llama (decoder), full and LoRA."""
+"""Classification heads on a tiny random BERT (encoder) and a tiny random Llama (decoder), full and LoRA,
+with early stopping, data.mix and the warmup schedule."""
 
 import json
 
@@ -9,18 +10,21 @@ from safetensors.torch import load_file
 from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
+from transformers import TrainerCallback
+
 from tunelab.train.classify import WeightedLossTrainer, class_weights, run_classification
 
 WORDS = ["the movie was great wonderful brilliant moving fun", "the movie was dull terrible tedious awful boring",
          "the movie was fine"] * 20
 
 # model fixture, method, learning rate, where the trained weights are saved, extra overrides
-# (the tiny encoder pools one [CLS] vector and needs more steps than the decoder to pick up the word)
+# (the tiny encoder pools one [CLS] vector and needs more steps than the decoder to pick up the word;
+# LoRA's high learning rate needs a warmup step or more: the default 3% of 16 steps rounds down to none)
 CASES = {
     "encoder-full": ("tiny_bert_dir", "full", 3e-3, "model", ["train.max_steps=60"]),
-    "encoder-lora": ("tiny_bert_dir", "lora", 1e-2, "adapter", ["train.max_steps=60"]),
+    "encoder-lora": ("tiny_bert_dir", "lora", 1e-2, "adapter", ["train.max_steps=60", "train.warmup_ratio=0.1"]),
     "decoder-full": ("tiny_model_dir", "full", 3e-3, "model", []),
-    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter", []),
+    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter", ["train.warmup_ratio=0.1"]),
 }
 
 
@@ -175,3 +179,114 @@ def test_unsupported_method_is_refused_before_loading(tmp_path, sentiment_file):
                                 "model=no-such-model"])
     with pytest.raises(TunelabError, match="supports method full, lora"):
         run_classification(config)
+
+
+def write_rows(path, rows: list[tuple[str, str]]):
+    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n" for text, label in rows))
+    return path
+
+
+# model fixture, method, learning rate, eval_steps (the tiny encoder learns more slowly, see CASES)
+STOPPING_CASES = {
+    "encoder-full": ("tiny_bert_dir", "full", 3e-3, 4),
+    "decoder-lora": ("tiny_model_dir", "lora", 1e-2, 2),
+}
+
+
+@pytest.mark.parametrize("case", STOPPING_CASES)
+def test_early_stopping_stops_on_validation_loss_and_keeps_the_best_weights(request, tmp_path, case):
+    fixture, method, learning_rate, eval_steps = STOPPING_CASES[case]
+    # Training teaches great -> positive; the val (and test) rows say the opposite, so learning raises val loss.
+    train = write_rows(tmp_path / "train.jsonl", [("the movie was great", "positive"),
+                                                  ("the movie was awful", "negative")] * 20)
+    flipped = write_rows(tmp_path / "flipped.jsonl", [("the movie was great", "negative"),
+                                                      ("the movie was awful", "positive")] * 4)
+    config = tiny_config(tmp_path, request.getfixturevalue(fixture), train, f"run_name={case}", f"method={method}",
+                         f"data.val={flipped}", f"data.test={flipped}", f"train.learning_rate={learning_rate}",
+                         "train.max_steps=null", "train.epochs=6", "train.precision=fp32",
+                         f"train.early_stopping={{patience: 2, eval_steps: {eval_steps}}}")
+    metrics = run_classification(config)
+    train_metrics = metrics["train"]
+    assert train_metrics["stopped_early"] is True
+    assert train_metrics["steps"] < 60  # 6 epochs of 10 steps
+
+    rows = [json.loads(line) for line in (tmp_path / "runs" / case / "train_log.jsonl").open()]
+    val_rows = [row for row in rows if "val_loss" in row]
+    assert [row["step"] for row in val_rows] == list(range(eval_steps, train_metrics["steps"] + 1, eval_steps))
+    best = min(val_rows, key=lambda row: row["val_loss"])
+    assert (train_metrics["best_step"], train_metrics["best_val_loss"]) == (best["step"], round(best["val_loss"], 6))
+    assert [row["val_loss"] > best["val_loss"] for row in val_rows[-2:]] == [True, True]  # patience 2
+    # The test rows are the val rows: the evaluated (and saved) model is the best one, not the last.
+    assert metrics["tuned"]["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    assert metrics["tuned"]["loss"] < val_rows[-1]["val_loss"]
+
+
+def test_mixed_sources_are_reported_per_source(tmp_path, tiny_model_dir):
+    first = write_rows(tmp_path / "plain.jsonl", [("the movie was great", "positive"),
+                                                  ("the movie was awful", "negative")] * 20)
+    second = write_rows(tmp_path / "fancy.jsonl", [("the movie was brilliant", "positive"),
+                                                   ("the movie was tedious", "negative")] * 10)
+    config = tiny_config(tmp_path, tiny_model_dir, first, "run_name=mix", "method=lora", "train.learning_rate=1e-2",
+                         "data.train=null", f"data.mix=[{{train: {first}}}, {{train: {second}, weight: 2}}]")
+    metrics = run_classification(config)
+
+    summary = json.loads((tmp_path / "runs" / "mix" / "data_summary.json").read_text())
+    assert summary["train_by_source_before_mixing"] == {"plain": 32, "fancy": 16}
+    assert summary["train_by_source"] == {"plain": 16, "fancy": 32}  # 48 rows, weights 1:2
+    sizes = summary["test_by_source"]
+    assert sizes == {"plain": 4, "fancy": 2}
+    for arm in ("base", "tuned"):
+        by_source = metrics[arm]["by_source"]
+        assert set(by_source) == {"plain", "fancy"}
+        for name, size in sizes.items():
+            assert {"accuracy", "f1", "ece", "loss", "confusion_matrix"} <= set(by_source[name])
+            assert sum(map(sum, by_source[name]["confusion_matrix"]["matrix"])) == size  # its own test rows
+        # Per-source results add up to the overall ones, weighted by test rows.
+        for key in ("accuracy", "loss"):
+            weighted = sum(size * by_source[name][key] for name, size in sizes.items()) / sum(sizes.values())
+            assert metrics[arm][key] == pytest.approx(weighted)
+    report = (tmp_path / "runs" / "mix" / "report.md").read_text()
+    assert "## Evaluation by source" in report and "**plain**" in report and "**fancy**" in report
+
+
+class ScheduleRecorder(TrainerCallback):
+    """The optimizer steps Trainer plans and the learning rate each step trains with."""
+
+    def __init__(self):
+        self.max_steps, self.learning_rates = None, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.max_steps = state.max_steps
+
+    def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.learning_rates.append(lr_scheduler.get_last_lr()[0])
+
+
+# overrides -> (optimizer steps, warmup steps = int(warmup_ratio * steps)); 30 train rows, batch_size 4.
+# Trainer alone rounds each of these warmups up.
+WARMUP_CASES = {
+    "max-steps": (["train.max_steps=10", "train.warmup_ratio=0.15"], (10, 1)),
+    "one-epoch": (["train.warmup_ratio=0.1"], (8, 0)),  # 8 steps, the last of 2 rows
+    "accumulation-two-epochs": (["train.gradient_accumulation=2", "train.epochs=2", "train.warmup_ratio=0.2"],
+                                (8, 1)),  # 8 batches of 4 rows, 2 per step: 4 steps per epoch
+    "micro-batches-fractional-epochs": (["train.micro_batch_tokens=64", "train.epochs=1.5", "train.warmup_ratio=0.3"],
+                                        (12, 3)),  # 15 micro-batches of 2 rows, 2 per step: 8 steps per epoch
+}
+
+
+@pytest.mark.parametrize("case", WARMUP_CASES)
+def test_warmup_is_the_ratio_of_all_optimizer_steps_rounded_down(tmp_path, tiny_bert_dir, case):
+    overrides, (steps, warmup) = WARMUP_CASES[case]
+    train = write_rows(tmp_path / "train.jsonl", [(f"the movie was {w}", label) for w, label in
+                                                  [("great", "positive"), ("awful", "negative")] * 15])
+    test = write_rows(tmp_path / "test.jsonl", [("the movie was fun", "positive"), ("the movie was dull", "negative")])
+    recorder = ScheduleRecorder()
+    metrics = run_classification(tiny_config(tmp_path, tiny_bert_dir, train, f"run_name={case}", "method=full",
+                                             f"data.test={test}", "data.val_fraction=0", "train.max_steps=null",
+                                             "train.lr_scheduler=linear", *overrides), callbacks=[recorder])
+    assert metrics["data"]["train"] == 30
+    assert recorder.max_steps == metrics["train"]["steps"] == steps
+    rates = recorder.learning_rates
+    assert len(rates) == steps
+    assert rates.index(max(rates)) == warmup  # linear warmup over `warmup` steps, then decay
+    assert (rates[0] == 0) == (warmup > 0)

@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, TrainerState
 
 from tunelab.config import load_config
 from tunelab.data.dataset import load_splits
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, TunelabError
 from tunelab.eval.suite import build_eval_task, label_choices
-from tunelab.train.early_stopping import validation_loss
+from tunelab.train.early_stopping import EarlyStopping, validation_loss
 from tunelab.train.sft import run_sft
 
 
@@ -64,3 +64,31 @@ def test_stops_early_and_restores_the_best_weights(tmp_path, tiny_model_dir, div
 def test_early_stopping_needs_validation_rows(tmp_path):
     with pytest.raises(ConfigError, match="early_stopping needs validation rows"):
         load_config(None, ["data.train=x.jsonl", "data.val_fraction=0", "train.early_stopping={patience: 2}"])
+
+
+def test_a_recipe_can_give_its_own_validation_loss(tmp_path):
+    """Classification stops on its head's cross-entropy: any loss_fn(model, val examples) drives the callback."""
+    config = load_config(None, ["data.train=x.jsonl", "train.early_stopping={patience: 2, eval_steps: 1}"])
+    losses = {1: 3.0, 2: 1.0, 3: 1.5, 4: 2.0, 5: 0.5}  # best at step 2, then two evaluations without improvement
+    seen = []
+
+    def loss_fn(model, examples):
+        seen.append(examples)
+        return losses[state.global_step]
+
+    stopper = EarlyStopping.from_config(config, ["val row"], 0, tmp_path, loss_fn=loss_fn)
+    model, state, control = torch.nn.Linear(2, 1), TrainerState(max_steps=5), TrainerControl()
+    while not control.should_training_stop:
+        state.global_step += 1
+        with torch.no_grad():
+            model.weight.fill_(state.global_step)  # the weights after this step
+        stopper.on_step_end(None, state, control, model=model)
+    stopper.on_train_end(None, state, control, model=model)
+
+    assert state.global_step == 4 and seen == [["val row"]] * 4
+    assert stopper.summary() == {"best_val_loss": 1.0, "best_step": 2, "stopped_early": True}
+    assert model.weight.tolist() == [[2.0, 2.0]]  # step 2's weights are back
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").open()]
+    assert [(row["step"], row["val_loss"]) for row in rows] == [(1, 3.0), (2, 1.0), (3, 1.5), (4, 2.0)]
+    with pytest.raises(TunelabError, match="val split is empty"):
+        EarlyStopping.from_config(config, [], 0, tmp_path, loss_fn=loss_fn)

@@ -1,5 +1,6 @@
 """task: seq2seq on a tiny random T5: source/target pairs, learning, both eval modes, run folder and clear errors."""
 
+import importlib.util
 import json
 
 import pytest
@@ -11,7 +12,6 @@ from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.data.dataset import load_splits
 from tunelab.data.records import Record
-from tunelab.errors import TunelabError
 from tunelab.train.seq2seq import (Pair, collator, encode_pairs, heldout_target_nll, record_pair, run_seq2seq,
                                    target_loss_sum)
 
@@ -151,7 +151,84 @@ def test_raw_text_is_a_clear_error(tmp_path, tiny_t5_dir, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_unsupported_method_is_refused_before_loading(sentiment_file):
-    config = load_config(None, ["task=seq2seq", "method=prefix", f"data.train={sentiment_file}", "model=no-such"])
-    with pytest.raises(TunelabError, match="seq2seq supports method full, lora, dora, rslora, ia3"):
-        run_seq2seq(config)
+@pytest.fixture(scope="session")
+def tiny_t5_64_dir(tmp_path_factory, tiny_tokenizer):
+    """A 64-wide tiny T5: bitsandbytes packs 4-bit weights for CPU in blocks of 64 inputs, so every layer needs 64."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
+    config = T5Config(vocab_size=len(tiny_tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
+                      dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
+    folder = tmp_path_factory.mktemp("tiny-t5-64")
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+# method, learning rate, extra overrides, trainable parameters of the 32-wide tiny T5 (2 + 2 blocks)
+METHOD_CASES = {
+    # the last decoder block (self-attention, cross-attention, feed-forward and their norms) and the final norm
+    "freeze": ("freeze", 3e-3, ["freeze.last_n_layers=1"], None),
+    # 4 virtual keys and values of width 32 in each of the 2 layers
+    "prefix": ("prefix", 3e-1, ["prefix.num_virtual_tokens=4"], 4 * 2 * 2 * 32),
+    # 4 virtual embeddings of width 32 per transformer stack (peft keeps one block each for encoder and decoder)
+    "prompt": ("prompt", 3e-1, ["prompt.num_virtual_tokens=4"], 4 * 2 * 32),
+    "dora": ("dora", 1e-2, ["lora.r=4", "lora.target_modules=[q,v]"], 6 * 2 * 4 * (32 + 32) + 6 * 2 * 32),
+    "ia3": ("ia3", 3e-2, ["ia3.target_modules=[k,v,wo]", "ia3.feedforward_modules=[wo]"], 6 * 2 * 32 + 4 * 64),
+}
+
+
+@pytest.mark.parametrize("case", METHOD_CASES)
+def test_every_method_learns_and_keeps_its_base(tmp_path, tiny_t5_dir, sentiment_file, case):
+    method, learning_rate, extra, expected_trainable = METHOD_CASES[case]
+    config = tiny_config(tmp_path, tiny_t5_dir, sentiment_file, f"run_name={case}", f"method={method}",
+                         f"train.learning_rate={learning_rate}", "train.precision=fp32", *extra)
+    metrics = run_seq2seq(config)
+    run_dir = tmp_path / "runs" / case
+
+    losses = [row["loss"] for row in map(json.loads, (run_dir / "train_log.jsonl").open()) if "loss" in row]
+    assert losses[-1] < losses[0]
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"] - 0.2
+    assert set(metrics["base"]) == set(metrics["tuned"]) == LABEL_METRICS
+
+    # The base arm is the untouched model: nothing frozen moved, and virtual tokens are not added to it.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_t5_dir)
+    data = load_splits(config.data, config.train.seed)
+    choices = sorted({r.label for r in data.train})
+    heldout = encode_pairs(tokenizer, [record_pair(r, choices, config.data.label_prompt, None) for r in data.val], 32)
+    untouched = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
+    nll, tokens = heldout_target_nll(untouched, tokenizer, heldout, 8)
+    assert metrics["base"]["loss"] == pytest.approx(nll / tokens, rel=1e-5)
+
+    if method == "freeze":
+        trained = [*untouched.decoder.block[-1].parameters(), *untouched.decoder.final_layer_norm.parameters()]
+        assert metrics["train"]["trainable_params"] == sum(p.numel() for p in trained) > 0
+        before = load_file(tiny_t5_dir / "model.safetensors")
+        after = load_file(run_dir / "model" / "model.safetensors")
+        moved = {k for k in before if not torch.equal(before[k], after[k])}
+        assert moved and all(k.startswith(("decoder.block.1.", "decoder.final_layer_norm")) for k in moved)
+        assert all(k in moved for k in before if k.startswith("decoder.block.1.") and "weight" in k)
+    else:
+        assert metrics["train"]["trainable_params"] == expected_trainable
+        assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason='bitsandbytes is not installed (pip install "tunelab[qlora]")')
+def test_qlora_trains_an_adapter_on_a_4bit_t5(tmp_path, tiny_t5_64_dir, sentiment_file):
+    from tunelab.train.seq2seq import load_seq2seq
+
+    config = tiny_config(tmp_path, tiny_t5_64_dir, sentiment_file, "run_name=qlora", "method=qlora",
+                         "train.learning_rate=1e-2", "lora.r=4", "lora.target_modules=[q,v]", "train.precision=fp32")
+    model = load_seq2seq(config)[1]
+    assert type(model.encoder.block[0].layer[0].SelfAttention.q).__name__ == "Linear4bit"
+    del model
+    metrics = run_seq2seq(config)
+    losses = [row["loss"] for row in map(json.loads, (tmp_path / "runs" / "qlora" / "train_log.jsonl").open())
+              if "loss" in row]
+    assert losses[-1] < losses[0]
+    assert metrics["tuned"]["loss"] < metrics["base"]["loss"] - 0.2
+    # LoRA r=4 on q (64 -> 64) and v of 6 attention blocks; the 4-bit base counts its elements, not its bytes
+    assert metrics["train"]["trainable_params"] == 6 * 2 * 4 * (64 + 64)
+    assert metrics["train"]["total_params"] > 100_000

@@ -13,24 +13,18 @@ to its source, repetitive, far too short or long) goes to the quarantine file wi
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import urllib.error
-import urllib.request
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from tunelab.config import AugmentConfig, validate_section
 from tunelab.data.formats import read_records
 from tunelab.data.records import Record, Rejected
 from tunelab.data.split import AUGMENTED_FROM, ROW_HASH, is_augmented, rejected, row_hash
 from tunelab.errors import TunelabError
+from tunelab.generators import ServerGenerator
 from tunelab.io import atomic_write_jsonl
 
 _WORD = re.compile(r"\S+")
@@ -269,78 +263,16 @@ def paraphrase_with_model(prompts: list[str], config: AugmentConfig) -> list[lis
 
 
 def paraphrase_with_server(prompts: list[str], config: AugmentConfig) -> list[list[str]]:
-    """``config.paraphrases`` sampled replies per user prompt from an OpenAI-compatible server."""
-    base = config.server.rstrip("/")
-    api_key = config.api_key or os.environ.get("OPENAI_API_KEY")
-    model = config.model or first_server_model(base, api_key, config.timeout)
+    """``config.paraphrases`` sampled replies per user prompt from an OpenAI-compatible server, each
+    request with its own seed."""
+    server = ServerGenerator(config.server, config.model, seed=config.seed, timeout=config.timeout,
+                             temperature=config.temperature, top_p=config.top_p, api_key=config.api_key,
+                             workers=config.workers, auth_hint="pass --api-key or set OPENAI_API_KEY")
     n = config.paraphrases
-    jobs = [(i, k) for i in range(len(prompts)) for k in range(n)]
-
-    def ask(job: tuple[int, int]) -> str:
-        i, k = job
-        payload = {"model": model, "messages": [{"role": "user", "content": prompts[i]}],
-                   "temperature": config.temperature, "top_p": config.top_p,
-                   "max_tokens": config.max_new_tokens, "seed": config.seed + i * n + k}
-        return chat_completion(base, payload, api_key, config.timeout)
-
-    pool = ThreadPoolExecutor(config.workers)
-    try:
-        replies = list(tqdm(pool.map(ask, jobs), total=len(jobs), desc="paraphrasing"))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    conversations = [[{"role": "user", "content": p}] for p in prompts for _ in range(n)]
+    replies = server.complete(conversations, config.max_new_tokens, desc="paraphrasing",
+                              seeds=[config.seed + j for j in range(len(conversations))])
     return [replies[i * n:(i + 1) * n] for i in range(len(prompts))]
-
-
-def chat_completion(base_url: str, payload: dict, api_key: str | None, timeout: float) -> str:
-    """The reply text of one ``POST {base_url}/chat/completions``; errors become one-line TunelabErrors."""
-    reply = _request(f"{base_url}/chat/completions", api_key, timeout, payload)
-    try:
-        content = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        raise TunelabError(f"{base_url}/chat/completions: the reply is not a chat completion "
-                           "(no choices[0].message.content)") from None
-    return content or ""
-
-
-def first_server_model(base_url: str, api_key: str | None, timeout: float) -> str:
-    """The first model ``GET {base_url}/models`` lists, for servers that need a model name."""
-    reply = _request(f"{base_url}/models", api_key, timeout)
-    try:
-        return str(reply["data"][0]["id"])
-    except (KeyError, IndexError, TypeError):
-        raise TunelabError(f"{base_url}/models lists no model; pass --model NAME") from None
-
-
-def _request(url: str, api_key: str | None, timeout: float, payload: dict | None = None) -> dict:
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    data = json.dumps(payload).encode("utf-8") if payload is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        hint = "; pass --api-key or set OPENAI_API_KEY" if exc.code in (401, 403) else ""
-        raise TunelabError(f"{url}: HTTP {exc.code}: {_error_message(exc)}{hint}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise TunelabError(f"cannot reach {url} ({reason}); check --server, e.g. http://localhost:8000/v1") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise TunelabError(f"{url}: the reply is not JSON") from None
-
-
-def _error_message(error: urllib.error.HTTPError) -> str:
-    """The server's own error message when it sent one (OpenAI style), else the HTTP reason."""
-    try:
-        body = error.read().decode("utf-8", "replace")
-        detail = json.loads(body).get("error", body)
-        message = detail.get("message", str(detail)) if isinstance(detail, dict) else str(detail)
-    except (ValueError, AttributeError, OSError):
-        message = error.reason
-    return " ".join(str(message).split())[:200] or str(error.reason)
 
 
 def _words(n: int) -> str:

@@ -37,11 +37,15 @@ def width_multiple(device_type: str) -> int:
     return 64 if device_type == "cpu" else 8
 
 
-def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple_of: int = 1,
+                   segments: bool = False) -> dict:
     """Tensors for a batch of packed rows: ids, labels, position ids and a [B,1,T,T] boolean mask.
 
     ``pad_to_multiple_of`` rounds the width up, so that batches come in few distinct shapes (the CPU
-    matmul library builds and caches a kernel per shape).
+    matmul library builds and caches a kernel per shape). With ``segments`` the batch carries the
+    example lengths of each row (``packed_segments``, padding counted as one more example) for
+    segment attention (train/segment_attention.py) instead of the mask, and a 2D all-ones
+    ``attention_mask`` that tells transformers not to build one.
     """
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -62,11 +66,21 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
             position_ids[b, offset:offset + n] = torch.arange(n)
             segment[b, offset:offset + n] = s
             offset += n
+    if segments:
+        lengths = tuple(tuple(len(e.input_ids) for e in row) for row in rows)
+        packed = tuple(row + ((width - sum(row),) if width > sum(row) else ()) for row in lengths)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                "attention_mask": torch.ones((batch, width), dtype=torch.long), "packed_segments": packed}
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
     same_segment = segment[:, :, None] == segment[:, None, :]
     # Padding tokens only see padding (never a fully masked row, which would give NaN).
     mask = (same_segment & causal)[:, None, :, :]
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "attention_mask": mask}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its tensors on ``device`` (segment lengths and other plain values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def collate_padded(rows: list[list[Encoded]], pad_token_id: int) -> dict[str, torch.Tensor]:

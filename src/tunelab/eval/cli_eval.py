@@ -1,6 +1,7 @@
 """``tunelab eval``: score a run (tuned vs its base), a plain model, or an ensemble of them on any data file.
 
-A run folder is loaded the way it was trained: a causal LM (its base plus ``adapter/``, or ``model/``)
+A run folder is loaded the way it was trained: a causal LM (its base plus ``adapter/``, or ``model/``),
+for ``task: seq2seq`` an encoder-decoder model scored as the recipe scores it at the end of training,
 or, for ``task: classification``, a sequence-classification model with the run's trained head and
 label set (``adapter/`` or ``model/`` with ``labels.json``). Several ``--model`` with ``--ensemble``
 are scored one member at a time, so only one member is in memory at once (see eval/ensemble.py).
@@ -37,6 +38,7 @@ class Loaded:
     labels: list[str] | None  # the run's label set; None for free text or a plain model
     classifier: bool = False
     inputs: list[str] | None = None  # tokenizer outputs a classifier's forward takes
+    seq2seq: bool = False  # an encoder-decoder model (task: seq2seq run, or a plain T5/BART)
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -70,11 +72,16 @@ def is_run(path: str) -> bool:
 
 
 def load_model(name: str) -> Loaded:
-    """A run folder (causal LM or classifier) or a plain model (folder, hub id or embedded name)."""
+    """A run folder (causal LM, seq2seq or classifier) or a plain model (folder, hub id or embedded name)."""
     from tunelab.train.setup import load_base
 
     if not is_run(name):
         config = RunConfig(model=name)
+        if is_encoder_decoder(name):
+            from tunelab.train.seq2seq import load_seq2seq
+
+            config = RunConfig(model=name, task="seq2seq")
+            return Loaded(config, *load_seq2seq(config), None, None, seq2seq=True)
         tokenizer, model = load_base(config)
         return Loaded(config, tokenizer, model, None, None)
     run_dir = Path(name)
@@ -82,6 +89,8 @@ def load_model(name: str) -> Loaded:
     saved = saved_weights(run_dir)
     if config.task == "classification":
         return load_classifier_run(config, saved)
+    if config.task == "seq2seq":
+        return load_seq2seq_run(config, saved, run_labels(run_dir, config))
     labels = run_labels(run_dir, config)
     if saved.name == "adapter":
         from peft import PeftModel
@@ -95,6 +104,30 @@ def load_model(name: str) -> Loaded:
     tokenizer = AutoTokenizer.from_pretrained(saved)  # saved with the weights
     model = AutoModelForCausalLM.from_pretrained(saved, dtype=pick_dtype(config.train.precision, config.method))
     return Loaded(config, tokenizer, model, lambda: load_base(config)[1], labels)
+
+
+def is_encoder_decoder(name: str) -> bool:
+    from transformers import AutoConfig
+
+    from tunelab.models import resolve_model
+
+    return bool(getattr(AutoConfig.from_pretrained(resolve_model(name)), "is_encoder_decoder", False))
+
+
+def load_seq2seq_run(config: RunConfig, saved: Path, labels: list[str] | None) -> Loaded:
+    """A seq2seq run: its base (4-bit for qlora) with ``adapter/``, or the whole trained ``model/``."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from tunelab.precision import pick_dtype
+    from tunelab.train.seq2seq import load_seq2seq
+
+    if saved.name == "adapter":
+        tokenizer, base = load_seq2seq(config)
+        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels, seq2seq=True)
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    model = AutoModelForSeq2SeqLM.from_pretrained(saved, dtype=pick_dtype(config.train.precision, config.method))
+    return Loaded(config, tokenizer, model, lambda: load_seq2seq(config)[1], labels, seq2seq=True)
 
 
 def load_classifier_run(config: RunConfig, saved: Path) -> Loaded:
@@ -160,13 +193,26 @@ def evaluate_one(model: str, records: list[Record], kind: str, baseline: bool, d
     if loaded.classifier:
         return evaluate_classifier_run(loaded, records, kind, baseline, data, model)
     choices = loaded.labels or label_choices(records, kind)
-    task = build_eval_task(loaded.tokenizer, records, records, kind, choices, config.data.label_prompt,
-                           config.data.system_prompt, config.train.max_length)
     # The command line decides the baseline; a plain model has no base to compare with.
     run = is_run(model)
     config = config.model_copy(update={"eval": config.eval.model_copy(update={"baseline": run and baseline})})
+    if loaded.seq2seq:
+        from tunelab.train import seq2seq
+
+        check_has_targets(kind, data, model)
+        task = seq2seq.eval_task(loaded.tokenizer, records, records, kind, choices, config)
+        metrics, arms = seq2seq.evaluate_arms(loaded.model, loaded.tokenizer, task, config)
+        return metrics, task, arms
+    task = build_eval_task(loaded.tokenizer, records, records, kind, choices, config.data.label_prompt,
+                           config.data.system_prompt, config.train.max_length)
     metrics, arms = evaluate_arms(loaded.model, loaded.tokenizer, task, config, loaded.load_base)
     return metrics, task, arms
+
+
+def check_has_targets(kind: str, data: str, who: str) -> None:
+    if kind not in ("chat", "labeled"):
+        raise TunelabError(f"{who} is an encoder-decoder (seq2seq) model; it evaluates prompt/completion, chat or "
+                           f"text/label rows, and {data} holds {kind} rows")
 
 
 def check_labels_known(records: list[Record], kind: str, labels: list[str], data: str, who: str) -> None:
@@ -235,8 +281,12 @@ def evaluate_ensemble(models: list[str], records: list[Record], kind: str, metho
     outputs = {}
     for name, model in zip(names, models):
         loaded = load_model(model)
-        outputs[name] = (ens.label_probabilities(loaded, records, kind, labels, desc=f"{name}: scoring")
-                         if labels is not None else ens.generations(loaded, records, kind, desc=f"{name}: generating"))
+        if loaded.seq2seq:
+            outputs[name] = seq2seq_member_outputs(loaded, records, kind, labels, name)
+        elif labels is not None:
+            outputs[name] = ens.label_probabilities(loaded, records, kind, labels, desc=f"{name}: scoring")
+        else:
+            outputs[name] = ens.generations(loaded, records, kind, desc=f"{name}: generating")
         del loaded
         gc.collect()
     if labels is not None:
@@ -246,3 +296,26 @@ def evaluate_ensemble(models: list[str], records: list[Record], kind: str, metho
     metrics[ens.ENSEMBLE] |= {"method": method, "members": dict(zip(names, models))}
     task = EvalTask(kind, inputs, [], references, labels, [])
     return metrics, task, arms
+
+
+def seq2seq_member_outputs(loaded: Loaded, records: list[Record], kind: str, labels: list[str] | None, name: str):
+    """An encoder-decoder member's [examples, labels] probabilities (columns in the order of ``labels``),
+    each label scored as the whole target as in the seq2seq recipe, or its greedy answers for free text."""
+    import numpy as np
+
+    from tunelab.eval.evaluate import choice_probabilities
+    from tunelab.precision import autocast_like
+    from tunelab.train import seq2seq
+
+    config, tokenizer, model = loaded.config, loaded.tokenizer, loaded.model
+    own = loaded.labels or labels
+    task = seq2seq.eval_task(tokenizer, records, [], kind, own, config)
+    model.eval()
+    with autocast_like(model):
+        if labels is None:
+            return seq2seq.generate_targets(model, tokenizer, task.prompts, config.eval.max_new_tokens,
+                                            config.eval.batch_size, config.train.max_length, desc=f"{name}: generating")
+        scores = seq2seq.score_targets(model, tokenizer, task.prompts, own, config.eval.batch_size,
+                                       config.train.max_length, desc=f"{name}: scoring")
+    probs = np.array([choice_probabilities(s) for s in scores], dtype=np.float64)
+    return probs[:, [own.index(label) for label in labels]]

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tunelab.data.pack import collate_packed, collate_padded, pack, width_multiple
+from tunelab.data.pack import collate_packed, collate_padded, pack, to_device, width_multiple
 from tunelab.data.templates import Encoded
 from tunelab.train.loss import adds_virtual_tokens, loss_sum
+from tunelab.train.segment_attention import uses_segment_attention
 
 
 def _batches(items: list, size: int):
@@ -126,10 +127,11 @@ def heldout_nll(model, examples: list[Encoded], max_length: int, pad_token_id: i
         rows, collate = [[e] for e in examples], collate_padded
     else:
         rows = pack(examples, max_length)
-        collate = partial(collate_packed, pad_to_multiple_of=width_multiple(device.type))
+        collate = partial(collate_packed, pad_to_multiple_of=width_multiple(device.type),
+                          segments=uses_segment_attention(model))
     total, tokens = 0.0, 0
     for batch in tqdm(list(_batches(rows, batch_size)), desc=desc, leave=False):
-        tensors = {k: v.to(device) for k, v in collate(batch, pad_token_id).items()}
+        tensors = to_device(collate(batch, pad_token_id), device)
         loss, n = loss_sum(model, tensors)
         total += float(loss)
         tokens += n

@@ -5,12 +5,16 @@ A task-specific head (AutoModelForSequenceClassification) goes on an encoder suc
 padded per batch, and batches group texts of similar length. The loss is cross-entropy, optionally
 weighted by inverse class frequency. The base arm is the same model before training: a fresh head
 guesses at chance level, which is the honest baseline for a head that did not exist before.
+
+``train.early_stopping`` stops on the head's mean cross-entropy over the val split and keeps the best
+weights (train/early_stopping.py). With ``data.mix`` every metric is reported per source as well
+(``metrics[arm]["by_source"][name]``), from the same test predictions.
 """
 
 from __future__ import annotations
 
 import inspect
-import random
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
+from tunelab.data.mixing import source_of
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import expected_calibration_error, label_metrics
@@ -28,9 +33,11 @@ from tunelab.eval.suite import EvalTask, prediction_rows
 from tunelab.io import atomic_write_json
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
-from tunelab.train.common import JsonlLogCallback, finish_run, train_and_measure, training_arguments
+from tunelab.train.common import (JsonlLogCallback, finish_run, micro_batch_plan, train_and_measure,
+                                  training_arguments)
+from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.methods import WHOLE_MODEL_METHODS
-from tunelab.train.setup import start_run, with_method, write_data_summary
+from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
 
 CLASSIFICATION_METHODS = ("full", "lora", "dora", "rslora")
 
@@ -108,15 +115,29 @@ def model_inputs(model) -> list[str]:
 def encode(tokenizer, records: list[Record], label2id: dict[str, int], max_length: int,
            inputs: list[str]) -> list[dict]:
     """One feature dict per record: token ids cut at max_length, unpadded, with the label id."""
+    if not records:
+        return []
     encoded = tokenizer([r.text for r in records], truncation=True, max_length=max_length)
     keys = [k for k in inputs if k in encoded]
     return [{**{k: encoded[k][i] for k in keys}, "labels": label2id[r.label]} for i, r in enumerate(records)]
 
 
+def optimizer_steps(config: RunConfig, examples: int) -> int:
+    """Optimizer steps Trainer takes over ``examples`` rows fed one row per item in the micro-batches of
+    ``training_arguments``' memory plan: ``train.max_steps``, else epochs times the steps of one epoch,
+    whose last step may hold fewer rows (counted as Trainer counts them)."""
+    t = config.train
+    if t.max_steps:
+        return t.max_steps
+    rows, passes = micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
+    per_epoch = max(1, math.ceil(math.ceil(examples / rows) / (t.gradient_accumulation * passes)))
+    return math.ceil(t.epochs * per_epoch)
+
+
 def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] | None, config: RunConfig,
                    run_dir: Path, resume: bool, callbacks=()) -> dict:
     """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
-    args = training_arguments(config, run_dir / "checkpoints")
+    args = training_arguments(config, run_dir / "checkpoints", total_steps=optimizer_steps(config, len(features)))
     args.train_sampling_strategy = "group_by_length"
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens = [len(f["input_ids"]) for f in features]
@@ -150,11 +171,24 @@ def predict_probabilities(model, tokenizer, features: list[dict], batch_size: in
     return probs
 
 
-def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str], batch_size: int,
-                        ) -> tuple[dict, list[dict]]:
-    """Label metrics, calibration and held-out loss for one arm, and its per-example predictions."""
-    probs = predict_probabilities(model, tokenizer, features, batch_size)
-    reference_ids = np.array([f["labels"] for f in features])
+def mean_loss(probs: np.ndarray, reference_ids: np.ndarray) -> float:
+    """Mean cross-entropy (unweighted) of the reference labels under ``probs``."""
+    reference_probs = np.clip(probs[np.arange(len(reference_ids)), reference_ids], 1e-12, 1.0)
+    return float(-np.log(reference_probs).mean())
+
+
+def heldout_loss(model, tokenizer, features: list[dict], batch_size: int) -> float:
+    """Mean cross-entropy of ``model`` on ``features``, in eval mode; the mode is restored after."""
+    was_training = model.training
+    try:
+        probs = predict_probabilities(model, tokenizer, features, batch_size)
+    finally:
+        model.train(was_training)
+    return mean_loss(probs, np.array([f["labels"] for f in features]))
+
+
+def probability_metrics(probs: np.ndarray, reference_ids: np.ndarray, labels: list[str]) -> tuple[dict, list[dict]]:
+    """Label metrics, calibration and loss of predicted ``probs``, and the per-example predictions."""
     predicted_ids = probs.argmax(axis=1)
     confidence = probs.max(axis=1)
     references = [labels[i] for i in reference_ids]
@@ -162,10 +196,26 @@ def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str
     correct = [p == r for p, r in zip(predicted, references)]
     metrics = label_metrics(references, predicted, labels)
     metrics["ece"] = expected_calibration_error(confidence.tolist(), correct)
-    reference_probs = np.clip(probs[np.arange(len(features)), reference_ids], 1e-12, 1.0)
-    metrics["loss"] = float(-np.log(reference_probs).mean())
+    metrics["loss"] = mean_loss(probs, reference_ids)
     predictions = [{"prediction": p, "correct": c, "confidence": round(float(conf), 4)}
                    for p, c, conf in zip(predicted, correct, confidence)]
+    return metrics, predictions
+
+
+def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str], batch_size: int,
+                        sources: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """Label metrics, calibration and held-out loss for one arm, and its per-example predictions.
+
+    ``sources`` (data.mix: each feature's source) adds the same metrics per source as ``by_source``.
+    """
+    probs = predict_probabilities(model, tokenizer, features, batch_size)
+    reference_ids = np.array([f["labels"] for f in features])
+    metrics, predictions = probability_metrics(probs, reference_ids, labels)
+    if sources:
+        metrics["by_source"] = {}
+        for name in dict.fromkeys(sources):
+            picked = np.array([i for i, source in enumerate(sources) if source == name])
+            metrics["by_source"][name] = probability_metrics(probs[picked], reference_ids[picked], labels)[0]
     return metrics, predictions
 
 
@@ -189,10 +239,12 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     weights = class_weights([f["labels"] for f in features], len(labels), config.classification.class_weights)
     extra = {"class_weights": {label: round(w, 4) for label, w in zip(labels, weights)}} if weights else {}
     data_summary = write_data_summary(run.run_dir, splits, labels=labels, **extra)
-    test = splits.test or splits.val
-    if config.eval.max_examples and len(test) > config.eval.max_examples:
-        test = random.Random(config.train.seed).sample(test, config.eval.max_examples)
+    test = cap_examples(splits.test or splits.val, config)
     test_features = encode(tokenizer, test, label2id, length, inputs)
+    sources = [source_of(r) for r in test] if splits.mixing else None  # data.mix: metrics per source too
+    val_features = encode(tokenizer, cap_examples(splits.val, config), label2id, length, inputs)
+    stopper = EarlyStopping.from_config(config, val_features, tokenizer.pad_token_id, run.run_dir,
+                                        lambda model, val: heldout_loss(model, tokenizer, val, config.eval.batch_size))
     model, counts = with_method(run.model, config, task_type="SEQ_CLS")
     for param in model.parameters():  # a bf16 base still trains its adapters and head in fp32
         if param.requires_grad and param.dtype != torch.float32:
@@ -202,15 +254,17 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     metrics, arms = {}, {}
     if config.eval.baseline:
         metrics["base"], arms["base"] = evaluate_classifier(model, tokenizer, test_features, labels,
-                                                            config.eval.batch_size)
+                                                            config.eval.batch_size, sources)
 
     # ---- train
     train_metrics = fit_classifier(model, tokenizer, features, weights, config, run.run_dir, resume,
-                                   callbacks) | counts
+                                   [*callbacks, stopper] if stopper else callbacks) | counts
+    if stopper:  # the best weights are back in the model
+        train_metrics |= stopper.summary()
 
     # ---- evaluate the tuned model
     metrics["tuned"], arms["tuned"] = evaluate_classifier(model, tokenizer, test_features, labels,
-                                                          config.eval.batch_size)
+                                                          config.eval.batch_size, sources)
 
     # ---- save and report
     out_dir = run.run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")

@@ -28,6 +28,7 @@ from tunelab.report import comparison_table, write_report
 from tunelab.train.curriculum import curriculum_order
 from tunelab.train.loss import loss_sum
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
+from tunelab.train.segment_attention import uses_segment_attention
 from tunelab.train.steps import StepSampler, plan_steps, tokens_by_global_step
 
 
@@ -152,9 +153,11 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
               f"not to packed rows)", flush=True)
     shuffle = t.curriculum == "none"
     examples = curriculum_order(model, examples, t.curriculum, tokenizer.pad_token_id, run_dir / "curriculum.json")
-    plan = plan_steps(examples, t.batch_size * t.gradient_accumulation, t.max_length, t.micro_batch_tokens, packing)
+    segments = packing and uses_segment_attention(model)
+    plan = plan_steps(examples, t.batch_size * t.gradient_accumulation, t.max_length, t.micro_batch_tokens, packing,
+                      one_row=segments)
     multiple = width_multiple("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will train
-    collate_rows = partial(collate_packed, pad_to_multiple_of=multiple) if packing else collate_padded
+    collate_rows = partial(collate_packed, pad_to_multiple_of=multiple, segments=segments) if packing else collate_padded
     empty = [[Encoded([tokenizer.pad_token_id], [IGNORE_INDEX])]]
 
     def collate(items: list) -> dict:

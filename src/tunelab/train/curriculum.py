@@ -9,28 +9,31 @@ difficulty share a step.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from tunelab.data.pack import collate_packed, collate_padded
+from tunelab.data.pack import collate_packed, collate_padded, to_device
 from tunelab.data.templates import Encoded
 from tunelab.io import atomic_write_json
 from tunelab.precision import autocast_like
 from tunelab.train.loss import adds_virtual_tokens, loss_sum
+from tunelab.train.segment_attention import uses_segment_attention
 
 @torch.no_grad()
 def example_losses(model, examples: list[Encoded], pad_token_id: int) -> list[float]:
     """Mean loss per loss token of each example under ``model``, each example run alone."""
     was_training = model.training
     model.eval()
-    collate = collate_padded if adds_virtual_tokens(model) else collate_packed
+    collate = collate_padded if adds_virtual_tokens(model) else partial(
+        collate_packed, segments=uses_segment_attention(model))
     device = next(model.parameters()).device
     losses = []
     with autocast_like(model):
         for example in tqdm(examples, desc="curriculum: base-model loss", leave=False):
-            batch = {k: v.to(device) for k, v in collate([[example]], pad_token_id).items()}
+            batch = to_device(collate([[example]], pad_token_id), device)
             total, count = loss_sum(model, batch)
             losses.append(float(total) / max(count, 1))
     model.train(was_training)

@@ -27,8 +27,9 @@ from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
 from tunelab.train.common import finish_run, fit
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.loss import CHUNK_ROWS, attention_mask_for, supports_selective_logits
+from tunelab.train.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
+from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
 from tunelab.train.sft import encode_train
 from tunelab.train.student import keep_evenly_spaced_blocks
@@ -44,6 +45,7 @@ def load_teacher(name: str, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.requires_grad_(False)
+    use_segment_attention(model)  # it reads the student's packed batches
     return tokenizer, model.eval()
 
 
@@ -91,12 +93,10 @@ def answer_rows(model, batch: dict[str, torch.Tensor], keep: torch.Tensor):
     """
     if supports_selective_logits(model):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
-                                    position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+        hidden = base.get_decoder()(**decoder_inputs(model, batch)).last_hidden_state
         return hidden[:, :-1][keep], base.get_output_embeddings()
     width = batch["input_ids"].shape[1]
-    logits = model(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
-                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    logits = model(**decoder_inputs(model, batch)).logits
     return logits[:, -width:][:, :-1][keep], torch.nn.Identity()  # prompt tuning puts its virtual tokens first
 
 

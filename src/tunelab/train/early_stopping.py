@@ -6,11 +6,16 @@ takes the loss of the model being trained on the encoded validation examples, lo
 so far by more than ``min_delta``. After ``patience`` evaluations in a row without that, it stops
 training. When training ends, stopped or not, the best weights are restored, so the adapter (or
 model) that ``fit`` saves is the best one seen. On ``--resume`` the count starts afresh.
+
+The loss is the causal-LM loss per answer token unless a recipe gives its own ``loss_fn(model,
+examples) -> float`` (classification: mean cross-entropy of the head on the encoded val rows).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,16 +44,9 @@ def validation_loss(model, examples: list[Encoded], max_length: int, pad_token_i
 class EarlyStopping(TrainerCallback):
     """Validation loss every ``eval_steps`` steps; stop after ``patience`` without improvement; keep the best."""
 
-    def __init__(self, settings: EarlyStoppingConfig, val_examples: list[Encoded], max_length: int,
-                 pad_token_id: int, batch_size: int, log_path: Path):
-        if not val_examples:
-            raise TunelabError("train.early_stopping needs validation examples, but the val split is empty; set "
-                               "data.val_fraction above 0 or give data.val")
+    def __init__(self, settings: EarlyStoppingConfig, val_loss: Callable[[object], float], log_path: Path):
         self.settings = settings
-        self.val_examples = val_examples
-        self.max_length = max_length
-        self.pad_token_id = pad_token_id
-        self.batch_size = batch_size
+        self.val_loss = val_loss  # model -> loss on the validation examples (lower is better)
         self.log = JsonlLogCallback(log_path, [])  # val_loss rows in the same file and format as training rows
         self.best_loss = math.inf
         self.best_step: int | None = None
@@ -58,13 +56,23 @@ class EarlyStopping(TrainerCallback):
         self.stopped_early = False
 
     @classmethod
-    def from_config(cls, config: RunConfig, val_examples: list[Encoded], pad_token_id: int,
-                    run_dir: Path) -> EarlyStopping | None:
-        """The callback for a run, or None when train.early_stopping is off."""
+    def from_config(cls, config: RunConfig, val_examples: list, pad_token_id: int, run_dir: Path,
+                    loss_fn: Callable[[object, list], float] | None = None) -> EarlyStopping | None:
+        """The callback for a run, or None when train.early_stopping is off.
+
+        ``val_examples`` are the encoded val rows; ``loss_fn(model, val_examples)`` takes their loss, by
+        default ``validation_loss`` (causal LM, ``val_examples`` as ``Encoded``).
+        """
         if config.train.early_stopping is None:
             return None
-        return cls(config.train.early_stopping, val_examples, config.train.max_length, pad_token_id,
-                   max(1, config.eval.batch_size // 4), run_dir / "train_log.jsonl")
+        if not val_examples:
+            raise TunelabError("train.early_stopping needs validation examples, but the val split is empty; set "
+                               "data.val_fraction above 0 or give data.val")
+        if loss_fn is None:
+            loss_fn = partial(validation_loss, max_length=config.train.max_length, pad_token_id=pad_token_id,
+                              batch_size=max(1, config.eval.batch_size // 4))
+        return cls(config.train.early_stopping, lambda model: loss_fn(model, val_examples),
+                   run_dir / "train_log.jsonl")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.settings.eval_steps:
@@ -89,7 +97,7 @@ class EarlyStopping(TrainerCallback):
                 "stopped_early": self.stopped_early}
 
     def _evaluate(self, args, state, control, model) -> None:
-        loss = validation_loss(model, self.val_examples, self.max_length, self.pad_token_id, self.batch_size)
+        loss = self.val_loss(model)
         self.last_evaluated_step = state.global_step
         state.log_history.append({"val_loss": loss, "step": state.global_step})
         self.log.on_log(args, state, control, logs={"val_loss": loss})

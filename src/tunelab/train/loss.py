@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.templates import IGNORE_INDEX
+from tunelab.train.segment_attention import uses_segment_attention
 
 CHUNK_ROWS = 1024
 
@@ -56,11 +57,22 @@ def attention_mask_for(model, batch: dict[str, torch.Tensor]) -> torch.Tensor | 
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def decoder_inputs(model, batch: dict) -> dict:
+    """Keyword arguments for the model's forward pass: ids, positions, and the mask or segment lengths."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": attention_mask_for(model, batch),
+              "position_ids": batch.get("position_ids"), "use_cache": False}
+    if batch.get("packed_segments") is not None:
+        if not uses_segment_attention(model):
+            raise ValueError("a batch collated for segment attention reached a model without it; "
+                             "collate with segments=False for this model")
+        inputs["packed_segments"] = batch["packed_segments"]
+    return inputs
+
+
 def selective_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over loss positions, never materialising full logits."""
     base = _unwrap(model)
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
-                                position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    hidden = base.get_decoder()(**decoder_inputs(model, batch)).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     rows = hidden[:, :-1][keep]
@@ -76,8 +88,7 @@ def selective_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 def reference_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """The plain path: full logits from the model's own forward. Used for checks and fallbacks."""
     width = batch["input_ids"].shape[1]
-    logits = model(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
-                   position_ids=batch.get("position_ids"), use_cache=False).logits
+    logits = model(**decoder_inputs(model, batch)).logits
     logits = logits[:, -width:].float()  # prompt tuning returns logits for its virtual tokens first
     targets = batch["labels"][:, 1:]
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),

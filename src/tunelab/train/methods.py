@@ -103,14 +103,13 @@ def freeze_all_but(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module
     fp32 trained blocks in bf16 too, while the optimizer updates fp32 weights so small steps are kept.
     """
     freeze = config.freeze
-    decoder = model.get_decoder()
-    blocks = decoder.layers
+    blocks, norm = decoder_blocks(model.get_decoder())
     if freeze.last_n_layers > len(blocks):
         raise TunelabError(f"freeze.last_n_layers={freeze.last_n_layers}, but {config.model} has "
                            f"{len(blocks)} transformer blocks")
     trained = list(blocks[len(blocks) - freeze.last_n_layers:])
-    if freeze.train_norm:
-        trained.append(decoder.norm)
+    if freeze.train_norm and norm is not None:
+        trained.append(norm)
     names = {module: name for name, module in model.named_modules()}
     for pattern in freeze.modules:
         matched = [module for module, name in names.items() if fnmatchcase(name, pattern)]
@@ -122,6 +121,14 @@ def freeze_all_but(model: torch.nn.Module, config: RunConfig) -> torch.nn.Module
     for module in trained:
         module.float().requires_grad_(True)
     return model
+
+
+def decoder_blocks(decoder: torch.nn.Module) -> tuple[torch.nn.ModuleList, torch.nn.Module | None]:
+    """The decoder's blocks and its final norm: Llama-style (layers, norm), T5 (block, final_layer_norm) or
+    BART (layers, and no final norm: its blocks normalize their own outputs)."""
+    blocks = decoder.layers if hasattr(decoder, "layers") else decoder.block
+    norms = (getattr(decoder, name, None) for name in ("norm", "final_layer_norm", "layer_norm"))
+    return blocks, next((norm for norm in norms if norm is not None), None)
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -6,7 +6,10 @@ target is the label. The encoder reads the source and the decoder learns the tar
 with the loss on every target token (end token included) summed and divided by the target tokens of
 the whole accumulated batch. Base and tuned models are compared on the same test pairs: each label
 scored as the target (probabilities, calibration) when answers come from a small set, greedy
-generation and text metrics otherwise, and teacher-forced held-out loss either way.
+generation and text metrics otherwise, and teacher-forced held-out loss either way. Every method
+applies: peft's adapters (lora, dora, rslora, qlora on a 4-bit base, ia3), its virtual tokens (prefix
+tuning in every attention layer, prompt tuning before the encoder's input), and freeze, which trains
+the last decoder blocks.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from tunelab.eval.suite import EvalTask, label_choices, label_results, predictio
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
 from tunelab.train.common import AnswerLossTrainer, JsonlLogCallback, finish_run, train_and_measure, training_arguments
-from tunelab.train.methods import WHOLE_MODEL_METHODS
+from tunelab.train.classify import optimizer_steps
+from tunelab.train.loss import adds_virtual_tokens
+from tunelab.train.methods import WHOLE_MODEL_METHODS, quantization_config
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
-
-SEQ2SEQ_METHODS = ("full", "lora", "dora", "rslora", "ia3")
 
 
 # ---- records -> (source, target) pairs -> token ids
@@ -63,6 +66,10 @@ def record_pair(record: Record, choices: list[str] | None, label_prompt: str, sy
     return Pair("\n\n".join(filter(None, [*system, conversation])), messages[last]["content"], turns[-1]["content"])
 
 
+def record_pairs(records: list[Record], choices: list[str] | None, config: RunConfig) -> list[Pair]:
+    return [record_pair(r, choices, config.data.label_prompt, config.data.system_prompt) for r in records]
+
+
 def target_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Target token ids, always ending in the end token so the decoder learns where to stop."""
     encoded = tokenizer(text_target=texts, truncation=True, max_length=max_length)["input_ids"]
@@ -72,6 +79,8 @@ def target_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> list[Encoded]:
     """Source ids as input_ids and target ids as labels, each cut at max_length."""
+    if not pairs:
+        return []  # the tokenizer refuses an empty batch
     sources = tokenizer([p.source for p in pairs], truncation=True, max_length=max_length)["input_ids"]
     targets = target_ids(tokenizer, [p.target for p in pairs], max_length)
     return [Encoded(source, target) for source, target in zip(sources, targets)]
@@ -84,7 +93,8 @@ def as_feature(example: Encoded) -> dict:
 # ---- model
 
 def load_seq2seq(config: RunConfig, splits: Splits | None = None):
-    """Tokenizer and encoder-decoder model; a decoder-only model is refused in one line."""
+    """Tokenizer and encoder-decoder model (4-bit for qlora); a decoder-only model is refused in one line."""
+    quantization = quantization_config(config)
     model_dir = resolve_model(config.model)
     model_config = AutoConfig.from_pretrained(model_dir)
     if not getattr(model_config, "is_encoder_decoder", False):
@@ -94,8 +104,8 @@ def load_seq2seq(config: RunConfig, splits: Splits | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=pick_dtype(config.train.precision,
-                                                                                   config.method))
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, quantization_config=quantization,
+                                                      dtype=pick_dtype(config.train.precision, config.method))
     except ValueError as exc:
         raise TunelabError(f"{config.model} ({model_config.model_type}) has no text-to-text model class; "
                            f"task: seq2seq needs a text encoder-decoder such as T5 or BART ({exc})") from None
@@ -121,7 +131,7 @@ def collator(tokenizer, model) -> DataCollatorForSeq2Seq:
 
 def fit_seq2seq(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool) -> dict:
     """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
-    args = training_arguments(config, run_dir / "checkpoints")
+    args = training_arguments(config, run_dir / "checkpoints", total_steps=optimizer_steps(config, len(examples)))
     args.train_sampling_strategy = "group_by_length"
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens = [len(e.input_ids) + len(e.labels) for e in examples]
@@ -155,6 +165,8 @@ def score_targets(model, tokenizer, sources: list[str], choices: list[str], batc
     """Log-likelihood of each choice as the whole target, end token included: [source][choice].
 
     The encoder runs once per batch of sources; the decoder then scores every choice against it.
+    Prefix and prompt tuning add their virtual tokens inside peft's forward, so with those the whole
+    model runs once per choice.
     """
     device = next(model.parameters()).device
     choice_ids = target_ids(tokenizer, choices, max_length)
@@ -162,10 +174,14 @@ def score_targets(model, tokenizer, sources: list[str], choices: list[str], batc
     scores: list[list[float]] = [[] for _ in sources]
     for batch in tqdm(list(_batches(order, batch_size)), desc=desc, leave=False):
         enc = _encode_sources(tokenizer, [sources[i] for i in batch], max_length, device)
-        encoder_outputs = model.get_encoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        if adds_virtual_tokens(model):
+            source = {"input_ids": enc["input_ids"]}
+        else:
+            source = {"encoder_outputs": model.get_encoder()(input_ids=enc["input_ids"],
+                                                             attention_mask=enc["attention_mask"])}
         for ids in choice_ids:
             labels = torch.tensor([ids] * len(batch), device=device)
-            logits = model(encoder_outputs=encoder_outputs, attention_mask=enc["attention_mask"], use_cache=False,
+            logits = model(**source, attention_mask=enc["attention_mask"], use_cache=False,
                            decoder_input_ids=model.prepare_decoder_input_ids_from_labels(labels=labels)).logits
             logprobs = F.log_softmax(logits.float(), dim=-1).gather(2, labels[..., None]).squeeze(2).sum(1)
             for i, value in zip(batch, logprobs.tolist()):
@@ -227,14 +243,29 @@ def evaluate_seq2seq(model, tokenizer, task: EvalTask, config: RunConfig, arm: s
     return metrics, predictions
 
 
+def eval_task(tokenizer, test: list[Record], heldout: list[Record], kind: str, choices: list[str] | None,
+              config: RunConfig) -> EvalTask:
+    """What both arms are evaluated on: the test pairs' sources and targets, and held-out target loss."""
+    shown = record_pairs(test, choices, config)
+    encoded = encode_pairs(tokenizer, record_pairs(heldout, choices, config), config.train.max_length)
+    return EvalTask(kind, [p.shown for p in shown], [p.source for p in shown], [p.target for p in shown], choices,
+                    [e for e in encoded if e.labels])
+
+
 def evaluate_arms(model, tokenizer, task: EvalTask, config: RunConfig) -> tuple[dict, dict]:
-    """The base (adapters disabled, or reloaded for whole-model methods) and the tuned model, same task."""
+    """The base and the tuned model on the same task; ``tunelab eval`` scores seq2seq runs with this too.
+
+    The base is the model with its adapters disabled, the untouched model under virtual tokens (peft's
+    generate would still add them with adapters disabled), or, for whole-model methods, reloaded.
+    """
     metrics, arms = {}, {}
     if config.eval.baseline:
         if config.method in WHOLE_MODEL_METHODS:
             base = load_seq2seq(config)[1].to(next(model.parameters()).device)
             metrics["base"], arms["base"] = evaluate_seq2seq(base, tokenizer, task, config, "base")
             del base
+        elif adds_virtual_tokens(model):
+            metrics["base"], arms["base"] = evaluate_seq2seq(model.get_base_model(), tokenizer, task, config, "base")
         else:
             with model.disable_adapter():
                 metrics["base"], arms["base"] = evaluate_seq2seq(model, tokenizer, task, config, "base")
@@ -245,8 +276,6 @@ def evaluate_arms(model, tokenizer, task: EvalTask, config: RunConfig) -> tuple[
 # ---- the recipe
 
 def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    if config.method not in SEQ2SEQ_METHODS:
-        raise TunelabError(f"task: seq2seq supports method {', '.join(SEQ2SEQ_METHODS)}; got {config.method}")
     # ---- setup
     run = start_run(config, resume, overwrite, kinds=("chat", "labeled"), load=load_seq2seq,
                     hint="task: seq2seq learns a target from a source: give prompt/completion, chat or text/label "
@@ -254,18 +283,12 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     splits, tokenizer, length = run.splits, run.tokenizer, config.train.max_length
     choices = label_choices(splits.train, splits.kind)
     data_summary = write_data_summary(run.run_dir, splits, labels=choices)
-
-    def pairs(records: list[Record]) -> list[Pair]:
-        return [record_pair(r, choices, config.data.label_prompt, config.data.system_prompt) for r in records]
-
-    examples = [e for e in encode_pairs(tokenizer, pairs(splits.train), length) if e.labels]
+    examples = [e for e in encode_pairs(tokenizer, record_pairs(splits.train, choices, config), length) if e.labels]
     if not examples:
         raise TunelabError("no training example has a non-empty target")
     random.Random(config.train.seed).shuffle(examples)
-    test = pairs(cap_examples(splits.test, config))
-    heldout = encode_pairs(tokenizer, pairs(cap_examples(splits.val or splits.test, config)), length)
-    eval_task = EvalTask(splits.kind, [p.shown for p in test], [p.source for p in test],
-                         [p.target for p in test], choices, [e for e in heldout if e.labels])
+    task = eval_task(tokenizer, cap_examples(splits.test, config), cap_examples(splits.val or splits.test, config),
+                     splits.kind, choices, config)
     model, counts = with_method(run.model, config, task_type="SEQ_2_SEQ_LM")
     for param in model.parameters():  # a bf16 base still trains its adapters in fp32
         if param.requires_grad and param.dtype != torch.float32:
@@ -278,8 +301,8 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     tokenizer.save_pretrained(out_dir)
 
     # ---- evaluate: base and tuned on the same test pairs
-    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config)
+    metrics, arms = evaluate_arms(model, tokenizer, task, config)
 
     # ---- report
     return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
-                      prediction_rows(eval_task, arms))
+                      prediction_rows(task, arms))

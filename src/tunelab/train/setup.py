@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
+from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
 from tunelab.train.student import keep_evenly_spaced_blocks
 
@@ -59,6 +60,8 @@ def load_base(config: RunConfig):
                                                  quantization_config=quantization)
     if config.task == "distill" and config.distill.student_layers:
         model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
+    if config.train.packing:
+        use_segment_attention(model)
     return tokenizer, model
 
 

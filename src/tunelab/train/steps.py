@@ -4,7 +4,7 @@
 an update and never its number or content: 128 examples at batch size 8 are 16 updates, packed or
 not. Within a step the examples are spread over micro-batches, balanced by tokens and each at most
 ``micro_batch_tokens`` (the memory plan), and packed into rows of ``max_length`` tokens inside a
-micro-batch. Every step gets the same number of micro-batches, because Trainer accumulates a fixed
+micro-batch, or into one row when the model runs segment attention. Every step gets the same number of micro-batches, because Trainer accumulates a fixed
 number of forward passes per update; a step with fewer examples than micro-batches gets empty
 ones, which cost a one-token forward pass.
 
@@ -77,17 +77,22 @@ def _fits(group: list[Encoded], capacity: int, max_length: int, packing: bool) -
 
 
 def plan_steps(examples: list[Encoded], examples_per_step: int, max_length: int, micro_batch_tokens: int,
-               packing: bool) -> StepPlan:
-    """Group ``examples`` (in the given order) into steps and each step into balanced micro-batches."""
+               packing: bool, one_row: bool = False) -> StepPlan:
+    """Group ``examples`` (in the given order) into steps and each step into balanced micro-batches.
+
+    Packed rows hold up to ``max_length`` tokens, or with ``one_row`` (segment attention, where row
+    length costs nothing extra) a micro-batch is a single row of up to ``micro_batch_tokens``.
+    """
     capacity = max(micro_batch_tokens, max_length)
+    row_length = capacity if one_row else max_length
     steps = [examples[i:i + examples_per_step] for i in range(0, len(examples), examples_per_step)]
     per_step = max(1, max(-(-sum(map(_length, step)) // capacity) for step in steps))
     while True:
         spread = [_spread(step, per_step) for step in steps]
-        if all(_fits(group, capacity, max_length, packing) for groups in spread for group in groups):
+        if all(_fits(group, capacity, row_length, packing) for groups in spread for group in groups):
             break
         per_step += 1
-    micro_batches = [pack_rows(group, max_length) if packing else [[e] for e in group]
+    micro_batches = [pack_rows(group, row_length) if packing else [[e] for e in group]
                      for groups in spread for group in groups]
     return StepPlan(micro_batches, per_step, [sum(map(_length, step)) for step in steps])
 

@@ -1,0 +1,105 @@
+"""Segment attention: a packed row attended one example at a time equals the examples run alone."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from tunelab.data.pack import collate_packed, pack, to_device
+from tunelab.data.templates import encode_chat
+from tunelab.train.loss import decoder_inputs, reference_loss_sum, selective_loss_sum
+from tunelab.train.segment_attention import supports_segment_attention, use_segment_attention, uses_segment_attention
+from tunelab.train.steps import plan_steps
+
+DIALOGS = [
+    [{"role": "user", "content": f"the movie was {w}"}, {"role": "assistant", "content": label}]
+    for w, label in [("great", "positive"), ("dull", "negative"), ("wonderful", "positive"), ("awful", "negative"),
+                     ("a long and winding tale of nothing much", "negative")]
+]
+
+
+def _model(tiny_model_dir, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype, attn_implementation="sdpa")
+    assert use_segment_attention(model)
+    return model
+
+
+def test_one_row_loss_equals_sum_of_examples_alone(tiny_model_dir, tiny_tokenizer):
+    model = _model(tiny_model_dir)
+    examples = [encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS]
+    batch = collate_packed([examples], tiny_tokenizer.pad_token_id, pad_to_multiple_of=64, segments=True)
+    assert batch["input_ids"].shape[0] == 1 and batch["packed_segments"][0][:len(examples)] == tuple(
+        len(e.input_ids) for e in examples)
+    with torch.no_grad():
+        packed, n_packed = selective_loss_sum(model, batch)
+        alone = [reference_loss_sum(model, collate_packed([[e]], tiny_tokenizer.pad_token_id)) for e in examples]
+    assert n_packed == sum(n for _, n in alone) > 0
+    assert packed.item() == pytest.approx(sum(loss.item() for loss, _ in alone), rel=1e-5)
+
+
+def test_segment_and_block_mask_paths_give_the_same_gradients(tiny_model_dir, tiny_tokenizer):
+    model = _model(tiny_model_dir)
+    rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)  # several rows, several examples each
+    assert len(rows) > 1 and any(len(row) > 1 for row in rows)
+    grads = []
+    for segments in (True, False):
+        batch = collate_packed(rows, tiny_tokenizer.pad_token_id, segments=segments)
+        if not segments:
+            model.set_attn_implementation("sdpa")
+        model.zero_grad()
+        loss, n = selective_loss_sum(model, batch)
+        (loss / n).backward()
+        grads.append(model.model.layers[0].self_attn.k_proj.weight.grad.clone())
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_generation_without_segments_runs_plain_sdpa(tiny_model_dir, tiny_tokenizer):
+    """Evaluation and generation (no packed_segments) are unchanged by the switch."""
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    switched = _model(tiny_model_dir)
+    ids = torch.tensor([tiny_tokenizer("the movie was great")["input_ids"]])
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": tiny_tokenizer.pad_token_id}
+    assert torch.equal(plain.generate(ids, **kwargs), switched.generate(ids, **kwargs))
+
+
+def test_a_segment_batch_never_reaches_a_model_without_segment_attention(tiny_model_dir, tiny_tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    batch = collate_packed([[encode_chat(tiny_tokenizer, DIALOGS[0], 512)]], tiny_tokenizer.pad_token_id,
+                           segments=True)
+    assert not uses_segment_attention(model)
+    with pytest.raises(ValueError, match="segment attention"):
+        decoder_inputs(model, batch)
+
+
+@pytest.mark.parametrize("changes,supported", [
+    ({}, True),
+    ({"sliding_window": 64}, False),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, False),
+    ({"layer_types": ["full_attention", "full_attention"]}, True),
+])
+def test_only_plain_causal_attention_is_switched(changes, supported):
+    config = LlamaConfig(num_hidden_layers=2)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    assert supports_segment_attention(config) is supported
+
+
+def test_unknown_and_soft_capped_models_keep_their_attention():
+    assert not supports_segment_attention(AutoConfig.for_model("gpt2"))
+    assert not supports_segment_attention(AutoConfig.for_model("gemma2"))  # soft-capped, sliding layers
+
+
+def test_one_row_plan_puts_each_micro_batch_in_one_row(tiny_tokenizer):
+    examples = [encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS] * 8
+    plan = plan_steps(examples, examples_per_step=8, max_length=24, micro_batch_tokens=96, packing=True,
+                      one_row=True)
+    assert all(len(rows) == 1 for rows in plan.micro_batches if rows)
+    assert max(sum(len(e.input_ids) for e in rows[0]) for rows in plan.micro_batches if rows) <= 96
+    assert sum(len(rows[0]) for rows in plan.micro_batches if rows) == len(examples)
+
+
+def test_to_device_keeps_segment_lengths(tiny_tokenizer):
+    batch = collate_packed([[encode_chat(tiny_tokenizer, DIALOGS[0], 512)]], tiny_tokenizer.pad_token_id,
+                           segments=True)
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["packed_segments"] == batch["packed_segments"] and moved["input_ids"].device.type == "cpu"
