@@ -114,6 +114,10 @@ class TrainConfig(Section):
         "none", description="Order of training: none shuffles the steps every epoch; length runs short examples "
         "first; base_loss runs the examples the base model already predicts well first (costs one forward pass "
         "over the training set). Curricula keep their order every epoch.")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the decoder layers (fuses the element-wise work around each matmul): "
+        "true, false, or auto: on CPU with segment attention, when the run has at least 100 forward passes to "
+        "pay back the compile time (about 30 s the first time, a few seconds once cached).")
     micro_batch_tokens: int = Field(
         1024, gt=0, description="Memory plan: a step's rows run in micro-batches of at most this many tokens "
         "(gradients accumulate, loss normalised over the whole step), so activation memory stays bounded.")
@@ -210,6 +214,11 @@ class DistillConfig(Section):
     student_layers: int | None = Field(None, gt=0, description="Keep only N evenly spaced transformer blocks of "
                                        "model (first and last included) to make a smaller student of the teacher's "
                                        "family; null: the student is model as is.")
+    positions: Literal["answer", "all"] = Field(
+        "answer", description="Where the KL term is taken. answer: the answer tokens only. all: every next-token "
+        "position inside each example, prompt included (never padding, never across packed examples), the "
+        "per-token mean KL weighted like the answer cross-entropy, which stays on the answer tokens; it passes "
+        "the teacher's view of the whole text to the student, most useful for a cut-down student.")
 
 
 BUNDLED_GENERAL_TEXT = str(Path(__file__).resolve().parents[2] / "data" / "general" / "general_text.jsonl")

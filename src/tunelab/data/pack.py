@@ -43,7 +43,8 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
 
     ``pad_to_multiple_of`` rounds the width up, so that batches come in few distinct shapes (the CPU
     matmul library builds and caches a kernel per shape). With ``segments`` the batch carries the
-    example lengths of each row (``packed_segments``, padding counted as one more example) for
+    example lengths of each row (``packed_segments``, [B, S] zero-padded, the padding of a row
+    counted as one more example) for
     segment attention (train/segment_attention.py) instead of the mask, and a 2D all-ones
     ``attention_mask`` that tells transformers not to build one.
     """
@@ -67,8 +68,11 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
             segment[b, offset:offset + n] = s
             offset += n
     if segments:
-        lengths = tuple(tuple(len(e.input_ids) for e in row) for row in rows)
-        packed = tuple(row + ((width - sum(row),) if width > sum(row) else ()) for row in lengths)
+        lengths = [[len(e.input_ids) for e in row] for row in rows]
+        lengths = [row + [width - sum(row)] for row in lengths]  # padding attends to itself, harmlessly
+        packed = torch.zeros((batch, max(map(len, lengths))), dtype=torch.long)
+        for b, row in enumerate(lengths):
+            packed[b, :len(row)] = torch.tensor(row)
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
                 "attention_mask": torch.ones((batch, width), dtype=torch.long), "packed_segments": packed}
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))

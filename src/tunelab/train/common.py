@@ -25,6 +25,7 @@ from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.memory import peak_rss_mb, release_memory
 from tunelab.precision import autocast_like
 from tunelab.report import comparison_table, write_report
+from tunelab.train.compile import compiled_layers, should_compile
 from tunelab.train.curriculum import curriculum_order
 from tunelab.train.loss import loss_sum
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
@@ -164,23 +165,29 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
         (rows,) = items  # one micro-batch per item
         return collate_rows(rows or empty, tokenizer.pad_token_id)
 
+    total_steps = t.max_steps or math.ceil(t.epochs * plan.steps)
     epochs = math.ceil(t.epochs) if not t.max_steps else max(1, math.ceil(t.max_steps / plan.steps))
     tokens_per_step = tokens_by_global_step(plan, epochs, t.seed, shuffle)
     trainer = AnswerLossTrainer(
         model=model,
         args=training_arguments(config, run_dir / "checkpoints", micro_batches=(1, plan.per_step),
-                                total_steps=t.max_steps or math.ceil(t.epochs * plan.steps)),
+                                total_steps=total_steps),
         train_dataset=plan.micro_batches,
         data_collator=collate,
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
         loss_fn=loss_fn,
         train_sampler=StepSampler(plan, t.seed, shuffle),
     )
-    figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
+    compiled = should_compile(t.compile, model, plan.per_step * total_steps)
+    if compiled:
+        print("compiling the decoder layers (train.compile; about 30 s the first time, cached afterwards)",
+              flush=True)
+    with compiled_layers(model, compiled):
+        figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
     out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return figures | {"micro_batches_per_step": plan.per_step,
+    return figures | {"micro_batches_per_step": plan.per_step, "compiled": compiled,
                       "rows": sum(len(rows) for rows in plan.micro_batches if rows)}
 
 
