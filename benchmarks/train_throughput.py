@@ -185,9 +185,10 @@ def heldout_loss(model_dir: Path, adapter_dir: Path | None, tokenizer, rows: lis
 
 
 def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: int) -> dict:
-    """tunelab's generate: batch 16 on every prompt against batch 1 on an evenly spread subset."""
+    """tunelab's generate: its default eval batch on every prompt against batch 1 on an evenly spread subset."""
     from transformers import AutoModelForCausalLM
 
+    from tunelab.config import EvalConfig
     from tunelab.eval.evaluate import generate
     from tunelab.precision import pick_dtype
 
@@ -198,7 +199,8 @@ def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: i
                       add_generation_prompt=True) for t in texts]
     generate(model, tokenizer, prompts[:2], max_new_tokens=2, batch_size=2, desc="warm-up")
     started = time.perf_counter()
-    batched = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=16)
+    batch_size = EvalConfig().batch_size  # tunelab's default evaluation batch
+    batched = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=batch_size)
     batched_s = time.perf_counter() - started
     step = max(1, len(prompts) // single_n)
     subset = list(range(0, len(prompts), step))[:single_n]
@@ -207,7 +209,7 @@ def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: i
     single_s = time.perf_counter() - started
     single_scaled = single_s * len(prompts) / len(subset)
     same = sum(1 for k, i in enumerate(subset) if single[k] == batched[i])
-    return {"prompts": len(prompts), "dtype": str(dtype).replace("torch.", ""), "batch_size": 16,
+    return {"prompts": len(prompts), "dtype": str(dtype).replace("torch.", ""), "batch_size": batch_size,
             "max_new_tokens": 8, "batched_s": round(batched_s, 2), "single_prompts": len(subset),
             "single_s": round(single_s, 2), "single_scaled_s": round(single_scaled, 2),
             "speedup": round(single_scaled / batched_s, 2), "same_output": same}
@@ -215,11 +217,17 @@ def generation_section(model_dir: Path, tokenizer, texts: list[str], single_n: i
 
 # ---------------------------------------------------------------- contenders
 
+def run_seed(i: int) -> int:
+    """Run i of each contender trains with seed 41 + i, so both see the same seeds (data order, init)."""
+    return 41 + i
+
+
 def run_trl(i: int, model_dir: Path, files: dict, sizes: dict, work: Path, env: dict, bf16: bool) -> dict:
     out, result = work / f"trl-run{i}", work / f"trl-run{i}.json"
     cmd = [sys.executable, str(HERE / "trl_sft_run.py"), "--model", str(model_dir), "--train", str(files["train"]),
            "--out", str(out), "--result", str(result), "--max-length", str(sizes["max_length"]),
-           "--batch-size", "8", "--epochs", "1", "--lr", "2e-4"] + (["--bf16"] if bf16 else [])
+           "--batch-size", "8", "--epochs", "1", "--lr", "2e-4", "--seed", str(run_seed(i))] + (
+               ["--bf16"] if bf16 else [])
     measured = run_measured(cmd, work / f"trl-run{i}.log", env)
     inner = json.loads(result.read_text(encoding="utf-8"))
     return {**measured, "train_s": inner["train_seconds"], "final_loss": inner["final_loss"], "adapter": str(out),
@@ -230,7 +238,8 @@ def tunelab_cmd(i: int, files: dict, sizes: dict, work: Path) -> list[str]:
     return [sys.executable, "-m", "tunelab.cli", "train", "/dev/null", f"model={MODEL}",
             f"data.train={files['train']}", f"data.val={files['heldout']}", f"data.test={files['heldout']}",
             "lora.r=16", "lora.alpha=32", f"train.max_length={sizes['max_length']}",
-            "train.batch_size=8", "train.epochs=1", "eval.baseline=false", f"run_name=run{i}",
+            "train.batch_size=8", "train.epochs=1", f"train.seed={run_seed(i)}", "eval.baseline=false",
+            f"run_name=run{i}",
             f"output_dir={work / 'tunelab-runs'}", "--overwrite"]
 
 
@@ -318,11 +327,11 @@ def markdown(res: dict) -> str:
         "",
         "Per run (in the order run):",
         "",
-        "| run | contender | wall s | train s | tokens/s | peak RSS MB | final loss | held-out loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | contender | seed | wall s | train s | tokens/s | peak RSS MB | final loss | held-out loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in res["runs"]:
-        lines.append(f"| {run['order']} | {run['contender']} | {run['wall_s']:.1f} | {run['train_s']:.1f} "
+        lines.append(f"| {run['order']} | {run['contender']} | {run['seed']} | {run['wall_s']:.1f} | {run['train_s']:.1f} "
                      f"| {run['tokens_per_s']:.1f} | {run['peak_rss_mb']:.0f} | {run['final_loss']:.4f} "
                      f"| {run['heldout_loss']:.4f} |")
     p = res["peaks"]
@@ -339,13 +348,15 @@ def markdown(res: dict) -> str:
         "- batch size: 8 examples per optimizer step for both (A "
         f"{res['steps']['A']} steps, B {res['steps']['B']} steps). TRL pads each batch to its longest example; "
         "tunelab packs a step's examples into micro-batches of at most train.micro_batch_tokens (1024) tokens, "
-        "whose gradients accumulate into the one update.",
+        "one row each with segment attention, whose gradients accumulate into the one update.",
         "- wall s: the whole process, model load included. B's also includes its built-in evaluation of the "
         "tuned adapter after training (generation on the held-out prompts and held-out loss; "
         "eval.baseline=false); A does no evaluation.",
         "- peak RSS: \"Maximum resident set size\" of the process from `/usr/bin/time -v`; the table shows the "
         "largest over the runs. For reference, the peak each process reported itself at the end of training: "
         f"A {res['crosscheck']['trl_self_rss_mb']:.0f} MB, B {res['crosscheck']['tunelab_self_rss_mb']:.0f} MB.",
+        "- seeds: run i of each contender uses seed 41 + i (data order and adapter init), so both contenders "
+        "train with the same set of seeds and the spread between a contender's runs shows the seed noise.",
         "- final loss: the last logged training loss (both log every 5 optimizer steps, a mean over those "
         "steps); A and B take different numbers of steps, so compare the held-out loss.",
         "- held-out loss: one function for both, after training: base model in fp32 + the saved adapter, mean "
@@ -370,7 +381,7 @@ def markdown(res: dict) -> str:
         "",
         "| mode | prompts timed | seconds | seconds for all prompts |",
         "|---|---|---|---|",
-        f"| batch_size 16 | {g['prompts']} | {g['batched_s']:.1f} | {g['batched_s']:.1f} |",
+        f"| batch_size {g['batch_size']} (eval.batch_size default) | {g['prompts']} | {g['batched_s']:.1f} | {g['batched_s']:.1f} |",
         f"| batch_size 1 | {g['single_prompts']} | {g['single_s']:.1f} | {g['single_scaled_s']:.1f}"
         + (" (scaled linearly)" if g["single_prompts"] != g["prompts"] else "") + " |",
         "",
@@ -453,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_trl(i, model_dir, data["paths"], sizes, work, env, args.trl_bf16)
             else:
                 run = run_tunelab(i, data["paths"], sizes, work, env)
-            run.update(contender=contender, order=len(results) + 1,
+            run.update(contender=contender, order=len(results) + 1, seed=run_seed(i),
                        tokens_per_s=round(tokens["tokens"] / run["train_s"], 2))
             print(f"  wall {run['wall_s']:.1f} s, train {run['train_s']:.1f} s, {run['tokens_per_s']:.1f} tokens/s, "
                   f"peak RSS {run['peak_rss_mb']:.0f} MB, final loss {run['final_loss']:.4f}", flush=True)

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--bf16", action="store_true", help="TRL's own default: bf16 mixed precision")
+    parser.add_argument("--seed", type=int, default=42, help="TrainingArguments seed (data order, adapter init)")
     args = parser.parse_args()
 
     import torch
@@ -61,7 +62,7 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         logging_steps=5,  # the same logging cadence as tunelab, so "final loss" means the same thing
-        seed=42,
+        seed=args.seed,
     )
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     # The model as a local folder: TRL loads it itself, in float32 unless model_init_kwargs say otherwise.

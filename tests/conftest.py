@@ -61,6 +61,32 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return folder
 
 
+def save_tiny_t5(folder, tokenizer, width: int = 32):
+    """A 2-layer T5 (encoder and decoder) of ``width`` with the tiny tokenizer, saved to ``folder``."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=width // 2, d_ff=2 * width, num_layers=2,
+                      num_heads=2, dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved 2-layer, 32-wide T5 with the tiny tokenizer."""
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_64_dir(tmp_path_factory, tiny_tokenizer):
+    """A 64-wide tiny T5: bitsandbytes packs 4-bit weights for CPU in blocks of 64 inputs, so every layer needs 64."""
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5-64"), tiny_tokenizer, width=64)
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Never touch the user's ~/.tunelab from a test."""

@@ -112,20 +112,6 @@ def test_full_runs_are_resaved_without_the_check(tmp_path, tiny_model_dir, capsy
 
 
 @pytest.fixture(scope="module")
-def tiny_t5_dir(tmp_path_factory, tiny_tokenizer):
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
-    config = T5Config(vocab_size=len(tiny_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def seq2seq_lora_run(tmp_path_factory, tiny_t5_dir):
     """A LoRA adapter on every linear layer of the tiny T5, trained hard on a bf16 base."""
     from tunelab.train.seq2seq import run_seq2seq

@@ -159,3 +159,20 @@ def test_a_metric_missing_from_the_runs_stops_the_sweep(tmp_path, tiny_model_dir
 def test_override_values_read_back_unchanged(value):
     _, raw = as_override("train.x", value).split("=", 1)
     assert yaml.safe_load(raw) == value
+
+
+@pytest.mark.parametrize("task", ["seq2seq", "distill"])
+def test_seq2seq_and_distill_runs_can_be_swept(tmp_path, tiny_model_dir, tiny_t5_dir, sentiment_file, task):
+    model = tiny_t5_dir if task == "seq2seq" else tiny_model_dir
+    config_path = write_config(tmp_path, model, sentiment_file, {
+        "metric": "tuned.loss", "direction": "minimize", "pruning": False,
+        "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}}}, name=task)
+    extra = ["task=seq2seq", "lora.target_modules=[q,v]"] if task == "seq2seq" else [
+        "task=distill", f"distill.teacher={tiny_model_dir}"]
+    run_sweep(config_path, overrides=extra, trials=2)
+    study = load_study(tmp_path / "runs" / task, name=task)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        run_dir = tmp_path / "runs" / task / f"trial-{trial.number}"
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["task"] == task
+        assert json.loads((run_dir / "metrics.json").read_text())["tuned"]["loss"] == pytest.approx(trial.value)

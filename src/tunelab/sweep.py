@@ -29,7 +29,7 @@ from tunelab.io import atomic_write_text
 SWEEP_DB = "sweep.db"
 SUMMARY_FILE = "sweep_summary.md"
 BEST_CONFIG_FILE = "best_config.yaml"
-SWEEP_TASKS = ("sft", "pretrain", "classification")
+SWEEP_TASKS = ("sft", "pretrain", "classification", "seq2seq", "distill")
 # Keys the sweep sets itself: where trials are written, and the sweep section.
 RESERVED_KEYS = ("run_name", "output_dir", "sweep")
 STATE_NAMES = {optuna.trial.TrialState.FAIL: "failed"}  # else the state name in lower case
@@ -156,10 +156,13 @@ class PruningCallback(TrainerCallback):
 
 def recipe_for(task: str):
     from tunelab.train.classify import run_classification
+    from tunelab.train.distill import run_distill
     from tunelab.train.pretrain import run_pretrain
+    from tunelab.train.seq2seq import run_seq2seq
     from tunelab.train.sft import run_sft
 
-    return {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification}[task]
+    return {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification,
+            "seq2seq": run_seq2seq, "distill": run_distill}[task]
 
 
 def config_with(config_path, overrides: list[str], params: dict, output_dir: Path, run_name: str,

@@ -71,20 +71,11 @@ SEQ2SEQ_METHODS = {"lora": 1e-2, "prompt": 3e-1, "freeze": 3e-3}
 
 
 @pytest.fixture(scope="module")
-def seq2seq_runs(tmp_path_factory, tiny_tokenizer):
+def seq2seq_runs(tmp_path_factory, tiny_t5_dir):
     """A 2-layer, 32-wide T5 tuned with an adapter (lora), virtual tokens (prompt) and as a whole model (freeze)."""
-    import torch
-    from transformers import T5Config, T5ForConditionalGeneration
-
     from tunelab.train.seq2seq import run_seq2seq
 
     root = tmp_path_factory.mktemp("seq2seq-eval")
-    torch.manual_seed(0)
-    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
-    T5ForConditionalGeneration(T5Config(vocab_size=len(tiny_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
-                                        num_heads=2, dropout_rate=0.0, decoder_start_token_id=pad,
-                                        pad_token_id=pad, eos_token_id=eos)).save_pretrained(root / "t5")
-    tiny_tokenizer.save_pretrained(root / "t5")
     words = [("great", "positive"), ("dull", "negative"), ("wonderful", "positive"), ("awful", "negative"),
              ("fun", "positive"), ("boring", "negative")]
     rows = [json.dumps({"text": f"the movie was {w}", "label": label}) + "\n" for w, label in words * 8]
@@ -92,7 +83,7 @@ def seq2seq_runs(tmp_path_factory, tiny_tokenizer):
     (root / "test.jsonl").write_text("".join(rows[36:]))
     runs = {}
     for method, learning_rate in SEQ2SEQ_METHODS.items():
-        config = load_config(None, [f"model={root / 't5'}", f"data.train={root / 'train.jsonl'}",
+        config = load_config(None, [f"model={tiny_t5_dir}", f"data.train={root / 'train.jsonl'}",
                                     f"data.test={root / 'test.jsonl'}", "data.val_fraction=0",
                                     f"output_dir={root / 'runs'}", f"run_name=s2s-{method}", "task=seq2seq",
                                     f"method={method}", "train.max_steps=12", "train.batch_size=4",
@@ -126,13 +117,12 @@ def test_eval_of_a_seq2seq_run_reproduces_its_own_test_metrics(tmp_path, seq2seq
     assert "base" in printed and "tuned" in printed
 
 
-def test_a_plain_t5_is_evaluated_as_seq2seq(tmp_path, seq2seq_runs):
-    root, _ = seq2seq_runs
+def test_a_plain_t5_is_evaluated_as_seq2seq(tmp_path, tiny_t5_dir):
     data = tmp_path / "copy.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"the movie was {w}", "completion": f"a {w} movie"}) + "\n"
                             for w in ["great", "dull", "fun"]))
     out = tmp_path / "eval"
-    assert main(["eval", "--model", str(root / "t5"), "--data", str(data), "--out", str(out)]) == 0
+    assert main(["eval", "--model", str(tiny_t5_dir), "--data", str(data), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert "base" not in metrics and {"exact_match", "rouge_l", "loss"} <= set(metrics["tuned"])
 

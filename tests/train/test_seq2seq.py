@@ -19,21 +19,6 @@ LABEL_METRICS = {"accuracy", "precision", "recall", "f1", "ece", "confusion_matr
 TEXT_METRICS = {"exact_match", "f1", "rouge_l", "bleu", "loss", "perplexity"}
 
 
-@pytest.fixture(scope="session")
-def tiny_t5_dir(tmp_path_factory, tiny_tokenizer):
-    """A saved 2-layer, 32-wide T5 (encoder and decoder) with the tiny tokenizer."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
-    config = T5Config(vocab_size=len(tiny_tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
-                      dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def write_copy_task(path):
     """Prompt/completion rows with 25 distinct free-text answers (too many to score as labels)."""
     adjectives = ["great", "dull", "wonderful", "terrible", "tedious"]
@@ -149,21 +134,6 @@ def test_raw_text_is_a_clear_error(tmp_path, tiny_t5_dir, capsys):
     assert code == 2
     assert "raw text has no target; use task: pretrain" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-
-
-@pytest.fixture(scope="session")
-def tiny_t5_64_dir(tmp_path_factory, tiny_tokenizer):
-    """A 64-wide tiny T5: bitsandbytes packs 4-bit weights for CPU in blocks of 64 inputs, so every layer needs 64."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
-    config = T5Config(vocab_size=len(tiny_tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
-                      dropout_rate=0.0, decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos)
-    folder = tmp_path_factory.mktemp("tiny-t5-64")
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
 
 
 # method, learning rate, extra overrides, trainable parameters of the 32-wide tiny T5 (2 + 2 blocks)

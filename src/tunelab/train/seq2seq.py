@@ -129,8 +129,11 @@ def collator(tokenizer, model) -> DataCollatorForSeq2Seq:
 
 # ---- train
 
-def fit_seq2seq(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool) -> dict:
-    """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
+def fit_seq2seq(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool,
+                callbacks=()) -> dict:
+    """Train with Trainer on length-grouped, dynamically padded batches; return training figures.
+
+    ``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
     args = training_arguments(config, run_dir / "checkpoints", total_steps=optimizer_steps(config, len(examples)))
     args.train_sampling_strategy = "group_by_length"
     batch = config.train.batch_size * config.train.gradient_accumulation
@@ -142,7 +145,7 @@ def fit_seq2seq(model, tokenizer, examples: list[Encoded], config: RunConfig, ru
         train_dataset=[as_feature(e) for e in examples],
         data_collator=collator(tokenizer, model),
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step)],
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
         loss_fn=target_loss_sum,
     )
     return train_and_measure(trainer, run_dir, resume, tokens_per_step) | {"examples": len(examples)}
@@ -275,7 +278,8 @@ def evaluate_arms(model, tokenizer, task: EvalTask, config: RunConfig) -> tuple[
 
 # ---- the recipe
 
-def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
     # ---- setup
     run = start_run(config, resume, overwrite, kinds=("chat", "labeled"), load=load_seq2seq,
                     hint="task: seq2seq learns a target from a source: give prompt/completion, chat or text/label "
@@ -295,7 +299,7 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
             param.data = param.data.float()
 
     # ---- train, then save the adapter (or the whole model) with its tokenizer
-    train_metrics = fit_seq2seq(model, tokenizer, examples, config, run.run_dir, resume) | counts
+    train_metrics = fit_seq2seq(model, tokenizer, examples, config, run.run_dir, resume, callbacks) | counts
     out_dir = run.run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
