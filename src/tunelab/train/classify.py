@@ -14,7 +14,6 @@ weights (train/early_stopping.py). With ``data.mix`` every metric is reported pe
 from __future__ import annotations
 
 import inspect
-import math
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from tunelab.eval.suite import EvalTask, prediction_rows
 from tunelab.io import atomic_write_json
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
-from tunelab.train.common import (JsonlLogCallback, finish_run, micro_batch_plan, train_and_measure,
+from tunelab.train.common import (JsonlLogCallback, finish_run, optimizer_steps, train_and_measure,
                                   training_arguments)
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.methods import WHOLE_MODEL_METHODS
@@ -120,18 +119,6 @@ def encode(tokenizer, records: list[Record], label2id: dict[str, int], max_lengt
     encoded = tokenizer([r.text for r in records], truncation=True, max_length=max_length)
     keys = [k for k in inputs if k in encoded]
     return [{**{k: encoded[k][i] for k in keys}, "labels": label2id[r.label]} for i, r in enumerate(records)]
-
-
-def optimizer_steps(config: RunConfig, examples: int) -> int:
-    """Optimizer steps Trainer takes over ``examples`` rows fed one row per item in the micro-batches of
-    ``training_arguments``' memory plan: ``train.max_steps``, else epochs times the steps of one epoch,
-    whose last step may hold fewer rows (counted as Trainer counts them)."""
-    t = config.train
-    if t.max_steps:
-        return t.max_steps
-    rows, passes = micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
-    per_epoch = max(1, math.ceil(math.ceil(examples / rows) / (t.gradient_accumulation * passes)))
-    return math.ceil(t.epochs * per_epoch)
 
 
 def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] | None, config: RunConfig,

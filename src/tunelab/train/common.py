@@ -102,6 +102,18 @@ def micro_batch_plan(batch_size: int, max_length: int, micro_batch_tokens: int) 
     return rows, batch_size // rows
 
 
+def optimizer_steps(config: RunConfig, examples: int) -> int:
+    """Optimizer steps Trainer takes over ``examples`` rows fed one row per item in the micro-batches of
+    ``training_arguments``' memory plan: ``train.max_steps``, else epochs times the steps of one epoch,
+    whose last step may hold fewer rows (counted as Trainer counts them)."""
+    t = config.train
+    if t.max_steps:
+        return t.max_steps
+    rows, passes = micro_batch_plan(t.batch_size, t.max_length, t.micro_batch_tokens)
+    per_epoch = max(1, math.ceil(math.ceil(examples / rows) / (t.gradient_accumulation * passes)))
+    return math.ceil(t.epochs * per_epoch)
+
+
 def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: tuple[int, int] | None = None,
                        total_steps: int | None = None) -> TrainingArguments:
     """Trainer arguments from the config; ``micro_batches`` = (items per forward pass, passes per update)

@@ -32,8 +32,8 @@ from tunelab.eval.metrics import perplexity, text_metrics
 from tunelab.eval.suite import EvalTask, label_choices, label_results, prediction_rows
 from tunelab.models import resolve_model
 from tunelab.precision import autocast_like, pick_dtype
-from tunelab.train.common import AnswerLossTrainer, JsonlLogCallback, finish_run, train_and_measure, training_arguments
-from tunelab.train.classify import optimizer_steps
+from tunelab.train.common import (AnswerLossTrainer, JsonlLogCallback, finish_run, optimizer_steps, train_and_measure,
+                                  training_arguments)
 from tunelab.train.loss import adds_virtual_tokens
 from tunelab.train.methods import WHOLE_MODEL_METHODS, quantization_config
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
