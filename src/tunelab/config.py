@@ -201,7 +201,7 @@ class ClassificationConfig(Section):
 
 
 class DistillConfig(Section):
-    """task: distill, a student trained on its teacher's answer-token distributions and on the answers."""
+    """task: distill, a student trained on its teacher's next-token distributions and on the answers."""
 
     teacher: str | None = Field(None, description="The teacher: a model folder, Hugging Face id, embedded name "
                                 "or a finished tunelab run folder (its adapter is merged into its base). It must "

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 from tunelab.cli import main
 from tunelab.config import load_config
-from tunelab.data.pack import collate_packed, pack
+from tunelab.data.pack import collate_packed, collate_padded, pack
 from tunelab.data.templates import encode_chat
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.train.distill import DistillationLoss, load_teacher, run_distill
+from tunelab.train.distill import DistillationLoss, kd_positions, load_teacher, run_distill
 from tunelab.train.loss import attention_mask_for, selective_loss_sum
+from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.setup import load_base
 from tunelab.train.sft import run_sft
 from tunelab.train.student import kept_block_indices
@@ -99,6 +100,104 @@ def test_loss_equals_full_logits_reference(tiny_model_dir, teacher_dir, tiny_tok
         assert self_taught.item() == pytest.approx((1 - alpha) * ce.item(), abs=1e-4)
 
 
+def in_example_positions(rows, width):
+    """[rows, width - 1] next-token positions t with t and t + 1 in one example, from the packing itself."""
+    keep = torch.zeros((len(rows), width - 1), dtype=torch.bool)
+    for b, row in enumerate(rows):
+        offset = 0
+        for example in row:
+            n = len(example.input_ids)
+            keep[b, offset:offset + n - 1] = True
+            offset += n
+    return keep
+
+
+def test_all_positions_stay_inside_each_example(tiny_tokenizer):
+    rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
+    examples = [e for row in rows for e in row]
+    for batch in (collate_packed(rows, tiny_tokenizer.pad_token_id, pad_to_multiple_of=64),
+                  collate_packed(rows, tiny_tokenizer.pad_token_id, segments=True)):
+        keep = kd_positions(batch)
+        width = batch["input_ids"].shape[1]
+        assert torch.equal(keep, in_example_positions(rows, width))
+        assert int(keep.sum()) == sum(len(e.input_ids) - 1 for e in examples)  # n - 1 targets per example
+        answers = batch["labels"][:, 1:] != -100
+        assert not (answers & ~keep).any() and int(keep.sum()) > 3 * int(answers.sum())  # prompts count too
+    padded = collate_padded([[e] for e in examples], tiny_tokenizer.pad_token_id)
+    assert [int(n) for n in kd_positions(padded).sum(1)] == [len(e.input_ids) - 1 for e in examples]
+
+
+def reference_all_positions_sum(student, teacher, batch, keep, alpha, temperature):
+    """alpha * T^2 * mean KL over ``keep`` + (1 - alpha) * mean CE over answers, times the answer count."""
+    targets = batch["labels"][:, 1:]
+    answers = targets != -100
+
+    def logits(model):
+        return model(input_ids=batch["input_ids"], attention_mask=attention_mask_for(model, batch),
+                     position_ids=batch["position_ids"]).logits[:, :-1].float()
+
+    student_logits = logits(student)
+    with torch.no_grad():
+        teacher_logits = logits(teacher)
+    kl = F.kl_div(torch.log_softmax(student_logits[keep] / temperature, -1),
+                  torch.log_softmax(teacher_logits[keep] / temperature, -1), log_target=True, reduction="sum")
+    ce = F.cross_entropy(student_logits[answers], targets[answers], reduction="sum")
+    count = int(answers.sum())
+    return alpha * temperature ** 2 * kl * count / int(keep.sum()) + (1 - alpha) * ce, count
+
+
+@pytest.mark.parametrize("alpha,temperature", [(0.5, 2.0), (1.0, 1.0)])
+def test_all_positions_loss_equals_full_logits_reference(tiny_model_dir, teacher_dir, tiny_tokenizer, monkeypatch,
+                                                         alpha, temperature):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr("tunelab.train.distill.CHUNK_ROWS", 7)  # several chunks per batch
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
+    rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
+    batch = collate_packed(rows, tiny_tokenizer.pad_token_id, pad_to_multiple_of=64)  # padding at every row end
+    keep = in_example_positions(rows, batch["input_ids"].shape[1])
+    grads = []
+    for loss_fn in (DistillationLoss(teacher, alpha, temperature, positions="all"),
+                    lambda model, b: reference_all_positions_sum(model, teacher, b, keep, alpha, temperature)):
+        student.zero_grad()
+        total, count = loss_fn(student, batch)
+        (total / count).backward()
+        grads.append((total.item(), count, student.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    (fast, n_fast, grad_fast), (slow, n_slow, grad_slow) = grads
+    assert n_fast == n_slow == int((batch["labels"] != -100).sum())  # the Trainer still divides by answer tokens
+    assert fast == pytest.approx(slow, rel=1e-5)
+    assert torch.allclose(grad_fast, grad_slow, atol=1e-6)
+    # The KL term sees exactly one row per in-example position, prompts included; the answer mode only answers.
+    import tunelab.train.distill as distill
+
+    seen = []
+    monkeypatch.setattr(distill, "soft_kl_sum", lambda s, t, temp: seen.append(s.shape[0]) or s[:0].sum())
+    for positions, expected in (("all", keep), ("answer", batch["labels"][:, 1:] != -100)):
+        seen.clear()
+        DistillationLoss(teacher, alpha, temperature, positions=positions)(student, batch)
+        assert len(seen) > 1 and sum(seen) == int(expected.sum())
+    monkeypatch.undo()
+    # A student that equals its teacher has no KL left anywhere: only the answer cross-entropy remains.
+    self_taught, _ = DistillationLoss(teacher, alpha, temperature, positions="all")(teacher, batch)
+    ce, _ = selective_loss_sum(teacher, batch)
+    assert self_taught.item() == pytest.approx((1 - alpha) * ce.item(), abs=1e-4)
+
+
+def test_all_positions_with_segment_attention_matches_the_mask(tiny_model_dir, teacher_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    _, teacher = load_teacher(str(teacher_dir), torch.float32)  # switches the teacher to segment attention
+    rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
+    loss = DistillationLoss(teacher, 0.5, 2.0, positions="all")
+    with torch.no_grad():
+        masked, n_masked = loss(student, collate_packed(rows, tiny_tokenizer.pad_token_id))
+        use_segment_attention(student)
+        segmented, n_segmented = loss(student, collate_packed(rows, tiny_tokenizer.pad_token_id, segments=True))
+    assert n_masked == n_segmented and segmented.item() == pytest.approx(masked.item(), rel=1e-5)
+
+
 def test_student_layers_keeps_evenly_spaced_blocks(teacher_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -127,6 +226,9 @@ def test_task_distill_requires_a_teacher():
         load_config(None, ["data.train=x.jsonl", "task=distill"])
     with pytest.raises(ConfigError, match="distill.alpha"):
         load_config(None, ["data.train=x.jsonl", "task=distill", "distill.teacher=t", "distill.alpha=1.5"])
+    assert load_config(None, ["data.train=x.jsonl", "task=distill", "distill.teacher=t"]).distill.positions == "answer"
+    with pytest.raises(ConfigError, match="distill.positions"):
+        load_config(None, ["data.train=x.jsonl", "task=distill", "distill.teacher=t", "distill.positions=prompt"])
 
 
 def test_teacher_with_another_vocabulary_is_refused(tmp_path, tiny_model_dir, sentiment_file):

@@ -4,6 +4,10 @@ Per answer token, loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) 
 where _T is the softmax at temperature T (Hinton et al., 2015; T^2 keeps the gradient scale of the
 soft term independent of T). Answer tokens are exactly those SFT trains on (prompts masked), and both
 models' logits are computed only there, in chunks, so no [tokens x vocab] tensor exists for either.
+With ``distill.positions: all`` the KL term covers every next-token position inside each example,
+prompt included (word-level KD, Kim & Rush, 2016), as a per-token mean weighted like the answer
+cross-entropy, which stays on the answer tokens; a cut-down student then learns the teacher's whole
+next-token distribution, not just its view of one label token.
 The teacher is frozen, in eval mode and in the frozen-weight dtype (bf16 where fast); the student
 trains with ``method`` like any SFT run. Token-level distillation compares distributions over the
 same token ids, so a teacher with another vocabulary is refused before anything is trained.
@@ -100,6 +104,19 @@ def answer_rows(model, batch: dict[str, torch.Tensor], keep: torch.Tensor):
     return logits[:, -width:][:, :-1][keep], torch.nn.Identity()  # prompt tuning puts its virtual tokens first
 
 
+def kd_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[rows, width - 1] bool: next-token positions t whose tokens t and t + 1 belong to one example.
+
+    Packed rows count position ids 0, 1, ... within each example and leave padding at 0, so t is
+    valid exactly when position t + 1 follows position t; padded rows (no position ids) use their mask.
+    """
+    positions = batch.get("position_ids")
+    if positions is not None:
+        return positions[:, 1:] == positions[:, :-1] + 1
+    mask = batch["attention_mask"].bool()
+    return mask[:, 1:] & mask[:, :-1]
+
+
 def soft_kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Summed KL(teacher || student) of the two softmaxes at ``temperature``, over rows."""
     width = min(student_logits.shape[-1], teacher_logits.shape[-1])  # heads may pad the vocabulary differently
@@ -113,17 +130,27 @@ class DistillationLoss:
 
     The sum is over answer tokens, like the SFT loss, so the Trainer's division by the answer tokens of
     the whole accumulated batch turns it into the per-token mean of the formula in the module docstring.
+    With ``positions="all"`` the KL is summed over every in-example position and scaled by answer tokens /
+    KL positions of the batch, so after that division it too is a per-token mean.
     """
 
-    def __init__(self, teacher, alpha: float, temperature: float):
+    def __init__(self, teacher, alpha: float, temperature: float, positions: str = "answer"):
         if teacher is None and alpha > 0:
             raise ValueError("distillation with alpha > 0 needs a teacher")
-        self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+        if positions not in ("answer", "all"):
+            raise ValueError(f"positions must be answer or all, not {positions!r}")
+        self.teacher, self.alpha, self.temperature, self.positions = teacher, alpha, temperature, positions
 
     def __call__(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         targets = batch["labels"][:, 1:]
-        keep = targets != IGNORE_INDEX
-        targets = targets[keep]
+        answers = targets != IGNORE_INDEX
+        keep = answers
+        if self.positions == "all" and self.alpha > 0:
+            keep = kd_positions(batch) | answers  # answer positions always lie inside their example
+        targets = targets[keep]  # IGNORE_INDEX at the prompt positions that only the KL covers
+        answer_count, kl_weight = int(answers.sum()), self.alpha * self.temperature ** 2
+        if keep is not answers:
+            kl_weight *= answer_count / max(int(keep.sum()), 1)
         rows, head = answer_rows(model, batch, keep)
         teacher_rows, teacher_head = self._teacher_rows(batch, keep)
         total = rows[:0].float().sum()  # zero that stays in the graph when a batch has no answer tokens
@@ -131,13 +158,13 @@ class DistillationLoss:
             chunk = slice(start, start + CHUNK_ROWS)
             logits = head(rows[chunk]).float()
             if self.alpha < 1:
-                total = total + (1 - self.alpha) * F.cross_entropy(logits, targets[chunk], reduction="sum")
+                total = total + (1 - self.alpha) * F.cross_entropy(logits, targets[chunk], reduction="sum",
+                                                                   ignore_index=IGNORE_INDEX)
             if self.alpha > 0:
                 with torch.no_grad():
                     teacher_logits = teacher_head(teacher_rows[chunk]).float()
-                kl = soft_kl_sum(logits, teacher_logits, self.temperature)
-                total = total + self.alpha * self.temperature ** 2 * kl
-        return total, int(targets.numel())
+                total = total + kl_weight * soft_kl_sum(logits, teacher_logits, self.temperature)
+        return total, answer_count
 
     def _teacher_rows(self, batch: dict[str, torch.Tensor], keep: torch.Tensor):
         if self.alpha == 0:
@@ -180,7 +207,7 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
     # Early stopping watches the answer loss on the val split (never the test split), as in SFT.
     stopper = EarlyStopping.from_config(config, eval_task.heldout if val else [], tokenizer.pad_token_id, run.run_dir)
     model, counts = with_method(run.model, config)
-    loss = DistillationLoss(teacher, distill.alpha, distill.temperature)
+    loss = DistillationLoss(teacher, distill.alpha, distill.temperature, distill.positions)
 
     # ---- train
     train_metrics = fit(model, tokenizer, examples, config, run.run_dir, resume,
@@ -188,7 +215,8 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
     if stopper:
         train_metrics |= stopper.summary()
     train_metrics |= {"examples": len(examples), **counts, "teacher": distill.teacher, "alpha": distill.alpha,
-                      "temperature": distill.temperature, "student_layers": distill.student_layers}
+                      "temperature": distill.temperature, "student_layers": distill.student_layers,
+                      "positions": distill.positions}
     if teacher is not None:
         train_metrics["teacher_params"] = parameter_counts(teacher)["total_params"]
 
