@@ -348,7 +348,7 @@ def markdown(res: dict) -> str:
         "- batch size: 8 examples per optimizer step for both (A "
         f"{res['steps']['A']} steps, B {res['steps']['B']} steps). TRL pads each batch to its longest example; "
         "tunelab packs a step's examples into micro-batches of at most train.micro_batch_tokens (1024) tokens, "
-        "one row each with segment attention, whose gradients accumulate into the one update.",
+        "packed into rows of max_length with a block-causal mask, whose gradients accumulate into the one update.",
         "- wall s: the whole process, model load included. B's also includes its built-in evaluation of the "
         "tuned adapter after training (generation on the held-out prompts and held-out loss; "
         "eval.baseline=false); A does no evaluation.",
@@ -519,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
             "tunelab_self_rss_mb": max(r["raw"]["train"]["peak_rss_mb"] for r in by["B"])},
         "base_heldout_loss": round(base_loss, 5), "runs": results, "summary": summary, "ratios": ratios,
         "goals": goals, "generation": generation,
-        "command": shlex.join(["python", os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv)),
+        "command": shlex.join(["python", os.path.relpath(__file__, ROOT)] + (sys.argv[1:] if argv is None else argv))
+        .replace(str(work), "$WORK"),
         "commands": {"A": by["A"][0]["cmd"], "B": by["B"][0]["cmd"]},
     }
     text = markdown(res)

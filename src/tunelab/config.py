@@ -114,10 +114,14 @@ class TrainConfig(Section):
         "none", description="Order of training: none shuffles the steps every epoch; length runs short examples "
         "first; base_loss runs the examples the base model already predicts well first (costs one forward pass "
         "over the training set). Curricula keep their order every epoch.")
+    packed_attention: Literal["mask", "segments"] = Field(
+        "mask", description="How packed examples are kept apart. mask: a block-causal mask per row. segments: one "
+        "causal attention call per example, each micro-batch one row (CPU, Llama-family models; measured about 5% "
+        "more tokens/s but 15-25% more peak memory on SmolLM2, so it is not the default).")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the decoder layers (fuses the element-wise work around each matmul): "
-        "true, false, or auto: on CPU with segment attention, when the run has at least 100 forward passes to "
-        "pay back the compile time (about 30 s the first time, a few seconds once cached).")
+        "true, false, or auto: on CPU when the run has at least 100 forward passes to pay back the compile time "
+        "(about 30-45 s the first time, a few seconds once cached).")
     micro_batch_tokens: int = Field(
         1024, gt=0, description="Memory plan: a step's rows run in micro-batches of at most this many tokens "
         "(gradients accumulate, loss normalised over the whole step), so activation memory stays bounded.")

@@ -7,7 +7,6 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.train.compile import MIN_FORWARD_PASSES, compiled_layers, decoder_layers, should_compile
-from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.sft import run_sft
 
 
@@ -20,7 +19,8 @@ def test_compiled_run_matches_eager_run(tmp_path, tiny_model_dir, sentiment_file
     for setting in ("false", "true"):
         config = load_config(None, [
             f"model={tiny_model_dir}", f"data.train={sentiment_file}", f"output_dir={tmp_path / 'runs'}",
-            f"run_name=compile-{setting}", f"train.compile={setting}", "train.precision=fp32", "train.max_steps=6",
+            f"run_name=compile-{setting}", f"train.compile={setting}",
+            "train.precision=fp32", "train.max_steps=6",
             "train.batch_size=4", "train.learning_rate=1e-2", "train.logging_steps=1", "train.max_length=64",
             "eval.max_examples=4", "eval.max_new_tokens=2", "eval.baseline=false"])
         metrics = run_sft(config)
@@ -41,13 +41,7 @@ def test_layers_are_eager_again_after_the_block(tiny_model_dir):
     assert not hasattr(model, "_require_grads_hook")
 
 
-def test_auto_compiles_only_long_segment_attention_runs(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
-    assert not should_compile("auto", model, MIN_FORWARD_PASSES)  # block-mask attention: many shapes
-    assert use_segment_attention(model)
-    assert should_compile("auto", model, MIN_FORWARD_PASSES)
-    assert not should_compile("auto", model, MIN_FORWARD_PASSES - 1)
-    assert should_compile(True, model, 1) and not should_compile(False, model, 10**6)
-    assert torch.compiler.is_compiling() is False
+def test_auto_compiles_only_runs_long_enough_to_pay_it_back():
+    assert should_compile("auto", MIN_FORWARD_PASSES) is not torch.cuda.is_available()
+    assert not should_compile("auto", MIN_FORWARD_PASSES - 1)
+    assert should_compile(True, 1) and not should_compile(False, 10**6)

@@ -188,7 +188,7 @@ def test_all_positions_with_segment_attention_matches_the_mask(tiny_model_dir, t
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    _, teacher = load_teacher(str(teacher_dir), torch.float32)  # switches the teacher to segment attention
+    _, teacher = load_teacher(str(teacher_dir), torch.float32, segments=True)
     rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
     loss = DistillationLoss(teacher, 0.5, 2.0, positions="all")
     with torch.no_grad():

@@ -103,3 +103,23 @@ def test_to_device_moves_every_tensor(tiny_tokenizer):
                            segments=True)
     moved = to_device(batch, torch.device("cpu"))
     assert torch.equal(moved["packed_segments"], batch["packed_segments"])
+
+
+def test_a_run_with_segment_attention_trains_like_one_with_masks(tmp_path, tiny_model_dir, sentiment_file):
+    import json
+
+    from tunelab.config import load_config
+    from tunelab.train.sft import run_sft
+
+    losses = {}
+    for kind in ("mask", "segments"):
+        config = load_config(None, [
+            f"model={tiny_model_dir}", f"data.train={sentiment_file}", f"output_dir={tmp_path / 'runs'}",
+            f"run_name={kind}", f"train.packed_attention={kind}", "train.precision=fp32", "train.max_steps=4",
+            "train.batch_size=8", "train.micro_batch_tokens=128", "train.max_length=64", "train.logging_steps=1",
+            "eval.max_examples=4", "eval.max_new_tokens=2", "eval.baseline=false"])
+        run_sft(config)
+        log = (tmp_path / "runs" / kind / "train_log.jsonl").open()
+        losses[kind] = [row["loss"] for row in map(json.loads, log) if "loss" in row]
+    assert len(losses["segments"]) == 4
+    assert losses["segments"] == pytest.approx(losses["mask"], rel=1e-4)

@@ -190,7 +190,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
         loss_fn=loss_fn,
         train_sampler=StepSampler(plan, t.seed, shuffle),
     )
-    compiled = should_compile(t.compile, model, plan.per_step * total_steps)
+    compiled = should_compile(t.compile, plan.per_step * total_steps)
     if compiled:
         print("compiling the decoder layers (train.compile; about 30 s the first time, cached afterwards)",
               flush=True)

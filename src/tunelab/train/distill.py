@@ -39,8 +39,10 @@ from tunelab.train.sft import encode_train
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 
-def load_teacher(name: str, dtype: torch.dtype):
-    """Tokenizer and frozen eval-mode teacher from a run folder, model folder, hub id or embedded name."""
+def load_teacher(name: str, dtype: torch.dtype, segments: bool = False):
+    """Tokenizer and frozen eval-mode teacher from a run folder, model folder, hub id or embedded name.
+
+    With ``segments`` the teacher runs segment attention, to read the student's packed batches."""
     path = Path(name).expanduser()
     if (path / "config.yaml").is_file():
         tokenizer, model = _load_run_teacher(path, dtype)
@@ -49,7 +51,8 @@ def load_teacher(name: str, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.requires_grad_(False)
-    use_segment_attention(model)  # it reads the student's packed batches
+    if segments:
+        use_segment_attention(model)  # it reads the student's packed batches
     return tokenizer, model.eval()
 
 
@@ -185,7 +188,8 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
         # Frozen whatever the student's method, so in the dtype of frozen weights (bf16 where fast) even when
         # the student trains in full fp32.
         frozen_dtype = pick_dtype(config.train.precision, method="lora")
-        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype)
+        segments = config.train.packing and config.train.packed_attention == "segments"
+        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype, segments)
     else:
         print("distill.alpha=0: the teacher takes no part; the student trains on the answers alone", flush=True)
 

@@ -60,7 +60,7 @@ def load_base(config: RunConfig):
                                                  quantization_config=quantization)
     if config.task == "distill" and config.distill.student_layers:
         model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
-    if config.train.packing:
+    if config.train.packing and config.train.packed_attention == "segments":
         use_segment_attention(model)
     return tokenizer, model
 
