@@ -192,7 +192,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
     )
     compiled = should_compile(t.compile, plan.per_step * total_steps)
     if compiled:
-        print("compiling the decoder layers (train.compile; about 30 s the first time, cached afterwards)",
+        print("compiling the decoder layers (train.compile; 30-45 s the first time, a few seconds once cached)",
               flush=True)
     with compiled_layers(model, compiled):
         figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
