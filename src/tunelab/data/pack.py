@@ -42,11 +42,10 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
     """Tensors for a batch of packed rows: ids, labels, position ids and a [B,1,T,T] boolean mask.
 
     ``pad_to_multiple_of`` rounds the width up, so that batches come in few distinct shapes (the CPU
-    matmul library builds and caches a kernel per shape). With ``segments`` the batch carries the
-    example lengths of each row (``packed_segments``, [B, S] zero-padded, the padding of a row
-    counted as one more example) for
-    segment attention (train/segment_attention.py) instead of the mask, and a 2D all-ones
-    ``attention_mask`` that tells transformers not to build one.
+    matmul library builds and caches a kernel per shape). With ``segments`` the batch carries, for
+    segment attention (train/segment_attention.py), the example lengths of each row instead of the
+    mask (``packed_segments``, [B, S] zero-padded, a row's padding counted as one more example) and
+    a 2D all-ones ``attention_mask`` that tells transformers not to build one.
     """
     width = max(sum(len(e.input_ids) for e in row) for row in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -83,7 +82,7 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """The batch with its tensors on ``device`` (segment lengths and other plain values as they are)."""
+    """The batch with its tensors on ``device`` (any non-tensor value as it is)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 

@@ -8,8 +8,8 @@ their code is the same and the shapes are marked dynamic, and every layer's inpu
 of one row and one of two get a graph each. Segment attention stays eager (a Python loop over
 examples) and splits each layer into two graphs.
 
-Compiling costs time once per new shape family: about 30 s on 2 CPU cores the first time, and a
-few seconds later on, when torch's on-disk cache has the kernels.
+Compiling costs time once per new shape family: 30-45 s on 2 CPU cores the first time, and a few
+seconds later on, when torch's on-disk cache has the kernels.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+
+from tunelab.train.loss import unwrap
 
 MIN_FORWARD_PASSES = 100  # below this, auto does not compile: the compile time would not be paid back
 
@@ -29,8 +31,7 @@ def should_compile(setting: bool | str, forward_passes: int) -> bool:
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder().layers
+    return unwrap(model).get_decoder().layers
 
 
 @contextmanager
@@ -39,11 +40,11 @@ def compiled_layers(model, enabled: bool):
     if not enabled:
         yield
         return
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     hooked = hasattr(base, "_require_grads_hook")  # peft may have set it up already
     if not hooked:
         base.enable_input_require_grads()
-    layers = list(decoder_layers(model))
+    layers = list(base.get_decoder().layers)
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=True)
     try:

@@ -24,18 +24,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunelab.config import RunConfig
 from tunelab.data.templates import IGNORE_INDEX
 from tunelab.errors import TunelabError
-from tunelab.eval.by_source import add_metrics_by_source
-from tunelab.eval.suite import build_eval_task, evaluate_arms, evaluate_model, label_choices, prediction_rows
+from tunelab.eval.suite import evaluate_model, prediction_rows
 from tunelab.export import read_run_config
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
 from tunelab.train.common import finish_run, fit
-from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
 from tunelab.train.segment_attention import use_segment_attention
-from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
-from tunelab.train.sft import encode_train
+from tunelab.train.setup import load_base, start_run, with_method
+from tunelab.train.sft import evaluate_base_and_tuned, prepare_answer_data
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 
@@ -201,40 +199,29 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
 
     run = start_run(config, resume, overwrite, kinds=("chat", "labeled"), load=load_student,
                     hint="raw text has no answers to distill; use task: pretrain")
-    splits, tokenizer = run.splits, run.tokenizer
-    choices = label_choices(splits.train, splits.kind)
-    data_summary = write_data_summary(run.run_dir, splits, labels=choices)
-    examples = encode_train(tokenizer, splits, choices, config)
-    test, val = cap_examples(splits.test, config), cap_examples(splits.val, config)
-    eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
-                                config.data.system_prompt, config.train.max_length)
-    # Early stopping watches the answer loss on the val split (never the test split), as in SFT.
-    stopper = EarlyStopping.from_config(config, eval_task.heldout if val else [], tokenizer.pad_token_id, run.run_dir)
+    tokenizer, data = run.tokenizer, prepare_answer_data(run, config)
     model, counts = with_method(run.model, config)
     loss = DistillationLoss(teacher, distill.alpha, distill.temperature, distill.positions)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, examples, config, run.run_dir, resume,
-                        [*callbacks, stopper] if stopper else callbacks, loss_fn=loss)
-    if stopper:
-        train_metrics |= stopper.summary()
-    train_metrics |= {"examples": len(examples), **counts, "teacher": distill.teacher, "alpha": distill.alpha,
+    train_metrics = fit(model, tokenizer, data.examples, config, run.run_dir, resume,
+                        [*callbacks, data.stopper] if data.stopper else callbacks, loss_fn=loss)
+    if data.stopper:
+        train_metrics |= data.stopper.summary()
+    train_metrics |= {"examples": len(data.examples), **counts, "teacher": distill.teacher, "alpha": distill.alpha,
                       "temperature": distill.temperature, "student_layers": distill.student_layers,
                       "positions": distill.positions}
     if teacher is not None:
         train_metrics["teacher_params"] = parameter_counts(teacher)["total_params"]
 
     # ---- evaluate: base student, tuned student and the teacher, same prompts, same examples
-    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
-    if splits.mixing:  # data.mix: every metric per source too
-        add_metrics_by_source(metrics, arms, model, tokenizer, eval_task, test, val or test, config,
-                              lambda: load_base(config)[1])
+    metrics, arms = evaluate_base_and_tuned(model, tokenizer, data, config, run.splits.mixing)
     if teacher is not None:
         args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
-        metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, eval_task, *args, "teacher")
+        metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, data.eval_task, *args, "teacher")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["teacher"].items() if isinstance(v, float))
         print(f"teacher {distill.teacher}: {shown}", flush=True)
 
     # ---- save and report
-    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
-                      prediction_rows(eval_task, arms))
+    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data.data_summary},
+                      prediction_rows(data.eval_task, arms))

@@ -18,14 +18,14 @@ from tunelab.train.segment_attention import uses_segment_attention
 CHUNK_ROWS = 1024
 
 
-def _unwrap(model):
+def unwrap(model):
     """The transformers model inside a peft wrapper (adapters stay injected in its layers)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_selective_logits(model) -> bool:
     """Plain decoder + linear head models only; soft-capped or scaled logits use the usual path."""
-    base = _unwrap(model)
+    base = unwrap(model)
     config = base.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return False
@@ -51,7 +51,7 @@ def attention_mask_for(model, batch: dict[str, torch.Tensor]) -> torch.Tensor | 
     mask = batch.get("attention_mask")
     if mask is None or mask.dim() != 4 or mask.dtype != torch.bool:
         return mask
-    if _unwrap(model).config._attn_implementation != "eager":
+    if unwrap(model).config._attn_implementation != "eager":
         return mask
     dtype = next(model.parameters()).dtype
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
@@ -71,7 +71,7 @@ def decoder_inputs(model, batch: dict) -> dict:
 
 def selective_loss_sum(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over loss positions, never materialising full logits."""
-    base = _unwrap(model)
+    base = unwrap(model)
     hidden = base.get_decoder()(**decoder_inputs(model, batch)).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX

@@ -20,8 +20,8 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
-from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
+from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 

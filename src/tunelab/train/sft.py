@@ -8,6 +8,7 @@ runs in bf16 where the hardware supports it while adapters and optimizer state s
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
@@ -17,7 +18,7 @@ from tunelab.eval.by_source import add_metrics_by_source
 from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows, to_messages
 from tunelab.train.common import finish_run, fit
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
+from tunelab.train.setup import Started, cap_examples, load_base, start_run, with_method, write_data_summary
 
 
 def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
@@ -30,11 +31,19 @@ def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
     return examples
 
 
-def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
-    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
-    # ---- setup
-    run = start_run(config, resume, overwrite, kinds=("chat", "labeled"),
-                    hint="raw text has no answers to learn from; use task: pretrain")
+@dataclass
+class AnswerData:
+    """What a recipe that trains on answers (sft, distill) prepares from its run's splits."""
+
+    data_summary: dict
+    examples: list  # encoded, shuffled training examples
+    test: list
+    val: list
+    eval_task: object
+    stopper: EarlyStopping | None
+
+
+def prepare_answer_data(run: Started, config: RunConfig) -> AnswerData:
     splits, tokenizer = run.splits, run.tokenizer
     choices = label_choices(splits.train, splits.kind)
     data_summary = write_data_summary(run.run_dir, splits, labels=choices)
@@ -44,21 +53,37 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
                                 config.data.system_prompt, config.train.max_length)
     # eval_task.heldout is the encoded val split when there is one (else the test split: never stop on test)
     stopper = EarlyStopping.from_config(config, eval_task.heldout if val else [], tokenizer.pad_token_id, run.run_dir)
+    return AnswerData(data_summary, examples, test, val, eval_task, stopper)
+
+
+def evaluate_base_and_tuned(model, tokenizer, data: AnswerData, config: RunConfig, mixing: bool):
+    """The base model (adapters disabled) and the tuned model, same prompts, same examples; per source too."""
+    metrics, arms = evaluate_arms(model, tokenizer, data.eval_task, config, lambda: load_base(config)[1])
+    if mixing:  # data.mix: every metric per source too
+        add_metrics_by_source(metrics, arms, model, tokenizer, data.eval_task, data.test, data.val or data.test,
+                              config, lambda: load_base(config)[1])
+    return metrics, arms
+
+
+def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
+    # ---- setup
+    run = start_run(config, resume, overwrite, kinds=("chat", "labeled"),
+                    hint="raw text has no answers to learn from; use task: pretrain")
+    data = prepare_answer_data(run, config)
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, examples, config, run.run_dir, resume,
-                        [*callbacks, stopper] if stopper else callbacks) | {"examples": len(examples), **counts}
-    if stopper:
-        train_metrics |= stopper.summary()
+    train_metrics = fit(model, run.tokenizer, data.examples, config, run.run_dir, resume,
+                        [*callbacks, data.stopper] if data.stopper else callbacks)
+    train_metrics |= {"examples": len(data.examples), **counts}
+    if data.stopper:
+        train_metrics |= data.stopper.summary()
 
     # ---- evaluate: the base model (adapters disabled) and the tuned model, same prompts, same examples
-    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
-    if splits.mixing:  # data.mix: every metric per source too
-        add_metrics_by_source(metrics, arms, model, tokenizer, eval_task, test, val or test, config,
-                              lambda: load_base(config)[1])
+    metrics, arms = evaluate_base_and_tuned(model, run.tokenizer, data, config, run.splits.mixing)
 
     # ---- save and report
-    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary},
-                      prediction_rows(eval_task, arms))
+    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data.data_summary},
+                      prediction_rows(data.eval_task, arms))
 
