@@ -231,7 +231,8 @@ BUNDLED_GENERAL_TEXT = str(Path(__file__).resolve().parents[2] / "data" / "gener
 class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model on the same examples and prompt.")
     max_examples: int | None = Field(None, gt=0, description="Seeded subset of the test split.")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(32, gt=0, description="Prompts per generation or scoring batch (measured on CPU: 32 "
+                            "generates 15% faster than 16; scoring keeps logits only where the choices are).")
     max_new_tokens: int = Field(128, gt=0)
     forgetting_text: str | None = Field(
         BUNDLED_GENERAL_TEXT, description="task pretrain: general text ({\"text\": ...} rows) whose perplexity is "

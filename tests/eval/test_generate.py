@@ -35,3 +35,26 @@ def test_head_sees_a_contiguous_input_inside_the_context(tiny_model_dir):
         reference = model(input_ids=ids).logits[:, -1:]
     assert seen == [True, False]
     assert torch.allclose(inside, reference, atol=1e-5)
+
+
+def test_choice_scores_in_batches_equal_full_logit_scores(tiny_model_dir, tiny_tokenizer):
+    """Scoring keeps logits only from the first choice position on; prompts of different lengths share a batch."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.evaluate import score_choices
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts = ["great", "the movie was dull and tedious from start to end", "a wonderful, moving film", "awful"]
+    choices = ["negative", "positive", "mixed feelings"]
+    batched = score_choices(model, tiny_tokenizer, prompts, choices, batch_size=5)
+
+    def full_logits_score(prompt: str, choice: str) -> float:
+        prompt_ids = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        choice_ids = tiny_tokenizer(choice, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + choice_ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+        return float(logprobs.gather(1, torch.tensor(choice_ids)[:, None]).sum())
+
+    reference = [[full_logits_score(p, c) for c in choices] for p in prompts]
+    assert torch.allclose(torch.tensor(batched), torch.tensor(reference), atol=1e-4)

@@ -93,10 +93,10 @@ def load_model(name: str) -> Loaded:
         return load_seq2seq_run(config, saved, run_labels(run_dir, config))
     labels = run_labels(run_dir, config)
     if saved.name == "adapter":
-        from peft import PeftModel
+        from tunelab.train.methods import load_adapter
 
         tokenizer, base = load_base(config)
-        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels)
+        return Loaded(config, tokenizer, load_adapter(base, saved), None, labels)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunelab.precision import pick_dtype
@@ -116,15 +116,15 @@ def is_encoder_decoder(name: str) -> bool:
 
 def load_seq2seq_run(config: RunConfig, saved: Path, labels: list[str] | None) -> Loaded:
     """A seq2seq run: its base (4-bit for qlora) with ``adapter/``, or the whole trained ``model/``."""
-    from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from tunelab.precision import pick_dtype
+    from tunelab.train.methods import load_adapter
     from tunelab.train.seq2seq import load_seq2seq
 
     if saved.name == "adapter":
         tokenizer, base = load_seq2seq(config)
-        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels, seq2seq=True)
+        return Loaded(config, tokenizer, load_adapter(base, saved), None, labels, seq2seq=True)
     tokenizer = AutoTokenizer.from_pretrained(saved)
     model = AutoModelForSeq2SeqLM.from_pretrained(saved, dtype=pick_dtype(config.train.precision, config.method))
     return Loaded(config, tokenizer, model, lambda: load_seq2seq(config)[1], labels, seq2seq=True)
@@ -136,10 +136,10 @@ def load_classifier_run(config: RunConfig, saved: Path) -> Loaded:
     The base arm is the model the run started from: with the run's seed, the fresh head gets the same
     initial weights it had before training.
     """
-    from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from tunelab.precision import pick_dtype
+    from tunelab.train.methods import load_adapter
     from tunelab.train.classify import classifier_for_labels, model_inputs
 
     labels = classifier_labels(saved)
@@ -152,7 +152,7 @@ def load_classifier_run(config: RunConfig, saved: Path) -> Loaded:
     if saved.name == "adapter":
         base = untrained()
         inputs = model_inputs(base)
-        return Loaded(config, tokenizer, PeftModel.from_pretrained(base, saved), None, labels, True, inputs)
+        return Loaded(config, tokenizer, load_adapter(base, saved), None, labels, True, inputs)
     model = AutoModelForSequenceClassification.from_pretrained(
         saved, dtype=pick_dtype(config.train.precision, config.method))
     return Loaded(config, tokenizer, model, untrained, labels, True, model_inputs(model))

@@ -46,10 +46,14 @@ def score_choices(model, tokenizer, prompts: list[str], choices: list[str], batc
         for k, s in enumerate(seqs):
             input_ids[k, :len(s)] = torch.tensor(s)
             attention[k, :len(s)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False).logits
-        logits = logits[:, -width:]  # prompt tuning returns logits for its virtual tokens first
+        # Logits only from the first position that predicts a choice token on: the vocabulary
+        # projection of every prompt position would dominate memory (49k columns for SmolLM2).
+        first = min(len(prompt_ids[i]) for i, _ in batch) - 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False,
+                       logits_to_keep=width - first).logits
+        logits = logits[:, -(width - first):]  # prompt tuning may return logits for its virtual tokens too
         for k, (i, j) in enumerate(batch):
-            start, n = len(prompt_ids[i]), len(choice_ids[j])
+            start, n = len(prompt_ids[i]) - first, len(choice_ids[j])
             step_logits = logits[k, start - 1:start - 1 + n].float()
             logprobs = F.log_softmax(step_logits, dim=-1)
             target = torch.tensor(choice_ids[j], device=logprobs.device)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 import torch
-from peft import IA3Config, PeftConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from peft import IA3Config, PeftConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from peft import LoraConfig as PeftLoraConfig
 from peft import prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -17,6 +17,7 @@ from transformers import BitsAndBytesConfig
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.precision import pick_dtype
+from tunelab.train.lora_forward import use_single_rounding
 
 LORA_METHODS = ("lora", "dora", "rslora", "qlora")
 WHOLE_MODEL_METHODS = ("full", "freeze")  # saved as a model folder, not an adapter
@@ -57,6 +58,14 @@ def apply_method(model: torch.nn.Module, config: RunConfig, task_type: str = "CA
     model = get_peft_model(model, peft_config(config, model.name_or_path, task_type))
     if any(p.dtype == torch.bfloat16 for p in model.parameters()):
         keep_adapter_inputs_bf16(model)
+    use_single_rounding(model)
+    return model
+
+
+def load_adapter(base: torch.nn.Module, folder) -> torch.nn.Module:
+    """A saved adapter on its base, running the same forward pass as in training."""
+    model = PeftModel.from_pretrained(base, folder)
+    use_single_rounding(model)
     return model
 
 
