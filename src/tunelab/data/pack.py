@@ -31,10 +31,11 @@ def pack(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
 
 
 def width_multiple(device_type: str) -> int:
-    """What batch widths are rounded up to. On CPU, few distinct shapes keep oneDNN's per-shape kernel
-    cache small and warm (measured on SmolLM2: resident memory grew about 80 MB per training step
-    without rounding); on GPUs, multiples of 8 suit tensor cores."""
-    return 64 if device_type == "cpu" else 8
+    """What batch widths are rounded up to. On CPU, a bounded set of shapes keeps oneDNN's per-shape
+    kernel cache small and warm (measured on SmolLM2: resident memory grew about 80 MB per training
+    step without rounding); 16 instead of 64 pads 6% fewer tokens on the throughput benchmark, for
+    about 100 MB more peak memory. On GPUs, multiples of 8 suit tensor cores."""
+    return 16 if device_type == "cpu" else 8
 
 
 def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple_of: int = 1,

@@ -21,7 +21,7 @@ from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
-from tunelab.train.segment_attention import use_segment_attention
+from tunelab.train.segment_attention import grouped_query_attention_on_cpu, use_segment_attention
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 
@@ -62,6 +62,7 @@ def load_base(config: RunConfig):
         model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
     if config.train.packing and config.train.packed_attention == "segments":
         use_segment_attention(model)
+    grouped_query_attention_on_cpu(model)
     return tokenizer, model
 
 
