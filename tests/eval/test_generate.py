@@ -58,3 +58,15 @@ def test_choice_scores_in_batches_equal_full_logit_scores(tiny_model_dir, tiny_t
 
     reference = [[full_logits_score(p, c) for c in choices] for p in prompts]
     assert torch.allclose(torch.tensor(batched), torch.tensor(reference), atol=1e-4)
+
+
+def test_generation_batches_hold_at_most_the_token_budget():
+    from tunelab.eval.evaluate import token_capped_batches
+
+    widths = [600, 500, 300, 300, 300, 100, 100, 100, 100, 100, 90]
+    batches = token_capped_batches(list(range(len(widths))), widths, size=4, max_tokens=1000)
+    assert [i for batch in batches for i in batch] == list(range(len(widths)))  # all, in order
+    assert batches[0] == [0]  # 2 x 600 > 1000
+    assert batches[1] == [1, 2]  # widest first: 2 x 500
+    assert all(len(batch) <= 4 and len(batch) * widths[batch[0]] <= 1000 for batch in batches[1:])
+    assert token_capped_batches([0], [5000], size=4, max_tokens=1000) == [[0]]  # one long prompt still runs
