@@ -1,7 +1,7 @@
 """Chat generators behind one call, ``complete(conversations, max_new_tokens) -> texts``.
 
 Either a causal LM run here (an embedded default, a local folder or a hub id; prompts rendered by
-the model's own chat template, greedy batched generation), or any OpenAI-compatible
+the model's own chat template, batched generation), or any OpenAI-compatible
 chat-completions server over plain HTTP (greedy, temperature 0, unless sampling settings are
 given). Server problems become one clear line, never a traceback.
 """
@@ -22,25 +22,29 @@ from tunelab.errors import TunelabError
 
 
 class LocalGenerator:
-    """A causal LM run here: chat-rendered prompts, greedy batched generation."""
+    """A causal LM run here: chat-rendered prompts, batched generation, greedy unless ``sampling``
+    gives settings such as ``{"temperature": 0.8, "top_p": 0.95}``; every call is seeded with ``seed``."""
 
-    def __init__(self, model: str, *, batch_size: int, seed: int):
-        from transformers import set_seed
-
+    def __init__(self, model: str, *, batch_size: int, seed: int, sampling: dict | None = None):
         from tunelab.config import RunConfig
         from tunelab.train.setup import load_base  # peft and the Trainer stack: only a local model needs them
 
-        set_seed(seed)
         self.name = model
         self.batch_size = batch_size
+        self.seed = seed
+        self.sampling = sampling
         self.tokenizer, self.model = load_base(RunConfig(model=model))
         self.model.eval()
 
-    def complete(self, conversations: list[list[dict]], max_new_tokens: int) -> list[str]:
+    def complete(self, conversations: list[list[dict]], max_new_tokens: int, desc: str = "generating") -> list[str]:
+        from transformers import set_seed
+
         from tunelab.eval.evaluate import generate  # torch: only a local model needs it
 
         prompts = [render(self.tokenizer, messages, add_generation_prompt=True) for messages in conversations]
-        return generate(self.model, self.tokenizer, prompts, max_new_tokens, self.batch_size, desc="generating")
+        set_seed(self.seed)
+        return generate(self.model, self.tokenizer, prompts, max_new_tokens, self.batch_size, desc=desc,
+                        sampling=self.sampling)
 
 
 class ServerGenerator:

@@ -70,3 +70,23 @@ def test_generation_batches_hold_at_most_the_token_budget():
     assert batches[1] == [1, 2]  # widest first: 2 x 500
     assert all(len(batch) <= 4 and len(batch) * widths[batch[0]] <= 1000 for batch in batches[1:])
     assert token_capped_batches([0], [5000], size=4, max_tokens=1000) == [[0]]  # one long prompt still runs
+
+
+def test_choice_scoring_projects_only_the_choice_positions(tiny_model_dir, tiny_tokenizer):
+    """The head runs on the positions that predict choice tokens, not on every prompt position, and gets them
+    contiguous (on a strided slice the CPU bf16 matmul projects every position)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.evaluate import score_choices
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    projected = []
+    hook = model.get_output_embeddings().register_forward_hook(  # sees the input after pre-hooks
+        lambda m, args, out: projected.append((args[0].shape[1], args[0].is_contiguous())))
+    prompt = "the movie was dull and tedious from start to end, and then it went on"
+    score_choices(model, tiny_tokenizer, [prompt], ["negative", "positive"], batch_size=2)
+    hook.remove()
+    prompt_length = len(tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    longest_choice = max(len(tiny_tokenizer(c, add_special_tokens=False)["input_ids"]) for c in ("negative", "positive"))
+    assert projected == [(longest_choice + 1, True)]
+    assert projected[0][0] < prompt_length

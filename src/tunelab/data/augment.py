@@ -244,21 +244,14 @@ def _add_paraphrases(sources: list[Record], texts: list[str | None], config: Aug
 
 def paraphrase_with_model(prompts: list[str], config: AugmentConfig) -> list[list[str]]:
     """``config.paraphrases`` sampled replies per user prompt from a local model, in batches."""
-    from transformers import set_seed
-
     from tunelab.config import RunConfig
-    from tunelab.data.templates import render
-    from tunelab.eval.evaluate import generate
-    from tunelab.train.setup import load_base
+    from tunelab.generators import LocalGenerator
 
-    tokenizer, model = load_base(RunConfig(model=config.model) if config.model else RunConfig())
-    model.eval()
-    rendered = [render(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
+    generator = LocalGenerator(config.model or RunConfig().model, batch_size=config.batch_size, seed=config.seed,
+                               sampling={"temperature": config.temperature, "top_p": config.top_p})
     n = config.paraphrases
-    set_seed(config.seed)
-    replies = generate(model, tokenizer, [p for p in rendered for _ in range(n)], config.max_new_tokens,
-                       config.batch_size, desc="paraphrasing",
-                       sampling={"temperature": config.temperature, "top_p": config.top_p})
+    replies = generator.complete([[{"role": "user", "content": p}] for p in prompts for _ in range(n)],
+                                 config.max_new_tokens, desc="paraphrasing")
     return [replies[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 

@@ -54,27 +54,34 @@ def score_choices(model, tokenizer, prompts: list[str], choices: list[str], batc
     scores = [[0.0] * len(choices) for _ in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    for batch in tqdm(list(_batches(pairs, batch_size)), desc=desc, leave=False):
-        seqs = [prompt_ids[i] + choice_ids[j] for i, j in batch]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(seqs), width), dtype=torch.long)
-        for k, s in enumerate(seqs):
-            input_ids[k, :len(s)] = torch.tensor(s)
-            attention[k, :len(s)] = 1
-        # Logits only from the first position that predicts a choice token on: the vocabulary
-        # projection of every prompt position would dominate memory (49k columns for SmolLM2).
-        first = min(len(prompt_ids[i]) for i, _ in batch) - 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False,
-                       logits_to_keep=width - first).logits
-        logits = logits[:, -(width - first):]  # prompt tuning may return logits for its virtual tokens too
-        for k, (i, j) in enumerate(batch):
-            start, n = len(prompt_ids[i]) - first, len(choice_ids[j])
-            step_logits = logits[k, start - 1:start - 1 + n].float()
-            logprobs = F.log_softmax(step_logits, dim=-1)
-            target = torch.tensor(choice_ids[j], device=logprobs.device)
-            scores[i][j] = float(logprobs.gather(1, target[:, None]).sum())
+    with contiguous_head_input(model):  # else the head sees a strided slice and projects every position
+        for batch in tqdm(list(_batches(pairs, batch_size)), desc=desc, leave=False):
+            _score_batch(model, batch, prompt_ids, choice_ids, pad, device, scores)
     return scores
+
+
+def _score_batch(model, batch: list[tuple[int, int]], prompt_ids: list[list[int]], choice_ids: list[list[int]],
+                 pad: int, device, scores: list[list[float]]) -> None:
+    """Fill ``scores[i][j]`` for each (prompt i, choice j) pair of the batch."""
+    seqs = [prompt_ids[i] + choice_ids[j] for i, j in batch]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    for k, s in enumerate(seqs):
+        input_ids[k, :len(s)] = torch.tensor(s)
+        attention[k, :len(s)] = 1
+    # Logits only from the first position that predicts a choice token on: the vocabulary
+    # projection of every prompt position would dominate memory (49k columns for SmolLM2).
+    first = min(len(prompt_ids[i]) for i, _ in batch) - 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False,
+                   logits_to_keep=width - first).logits
+    logits = logits[:, -(width - first):]  # prompt tuning may return logits for its virtual tokens too
+    for k, (i, j) in enumerate(batch):
+        start, n = len(prompt_ids[i]) - first, len(choice_ids[j])
+        step_logits = logits[k, start - 1:start - 1 + n].float()
+        logprobs = F.log_softmax(step_logits, dim=-1)
+        target = torch.tensor(choice_ids[j], device=logprobs.device)
+        scores[i][j] = float(logprobs.gather(1, target[:, None]).sum())
 
 
 def choice_probabilities(scores: list[float]) -> list[float]:
