@@ -116,8 +116,9 @@ class TrainConfig(Section):
         "over the training set). Curricula keep their order every epoch.")
     packed_attention: Literal["mask", "segments"] = Field(
         "mask", description="How packed examples are kept apart. mask: a block-causal mask per row. segments: one "
-        "causal attention call per example, each micro-batch one row (CPU, Llama-family models; measured about 5% "
-        "more tokens/s but 15-25% more peak memory on SmolLM2, so it is not the default).")
+        "causal attention call per example, each micro-batch one row (CPU, Llama-family models; on SmolLM2 it "
+        "saved padding but not time, 443 against 458 tokens/s on the benchmark, with 15-25% more peak memory, so it "
+        "is not the default).")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the decoder layers (fuses the element-wise work around each matmul): "
         "true, false, or auto: on CPU when the run has at least 100 forward passes to pay back the compile time "
@@ -232,7 +233,8 @@ class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model on the same examples and prompt.")
     max_examples: int | None = Field(None, gt=0, description="Seeded subset of the test split.")
     batch_size: int = Field(32, gt=0, description="Prompts per generation or scoring batch (measured on CPU: 32 "
-                            "generates 15% faster than 16; scoring keeps logits only where the choices are).")
+                            "generates 15% faster than 16). Generation batches also stay within 8192 prompt plus "
+                            "new tokens; scoring keeps logits only where the choices are.")
     max_new_tokens: int = Field(128, gt=0)
     forgetting_text: str | None = Field(
         BUNDLED_GENERAL_TEXT, description="task pretrain: general text ({\"text\": ...} rows) whose perplexity is "

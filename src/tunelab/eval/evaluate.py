@@ -129,9 +129,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, ba
         # 32 prompts, 64 new tokens: 2.1 GB peak RSS against 1.3 GB, at the same speed). On GPUs a static
         # cache would switch on torch.compile, so they keep the default.
         decoding["cache_implementation"] = "static"
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    batches = token_capped_batches(order, [lengths[i] + max_new_tokens for i in order], batch_size,
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    batches = token_capped_batches(order, [len(encoded[i]) + max_new_tokens for i in order], batch_size,
                                    max_batch_tokens)
     outputs: list[str] = [""] * len(prompts)
     previous_side = tokenizer.padding_side
@@ -139,8 +139,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, ba
     try:
         with contiguous_head_input(model):
             for batch in tqdm(batches, desc=desc, leave=False):
-                enc = tokenizer([prompts[i] for i in batch], add_special_tokens=False, return_tensors="pt",
-                                padding=True).to(device)
+                enc = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
                 new = out[:, enc["input_ids"].shape[1]:]

@@ -10,9 +10,11 @@ The attention is registered with transformers under ``NAME``. It is used when a 
 ``packed_segments`` (the example lengths of each row); anything else (evaluation, generation with a
 KV cache) runs transformers' own SDPA attention unchanged.
 
-Opt-in (``train.packed_attention: segments``): on SmolLM2 on a 2-core CPU it was about 5% faster
-than the mask but took 15-25% more peak memory: CPU flash attention's backward is slow for short
-sequences, which eats most of the padding saved (the cause of the extra memory is not pinned down).
+Opt-in (``train.packed_attention: segments``): on SmolLM2 on a 2-core CPU it saved padding but not
+time (443 against 458 tokens/s on the throughput benchmark; 5% faster in an earlier 8-step probe)
+and took 15-25% more peak memory. CPU flash attention's backward costs about the same per token
+whatever the sequence length, so the shorter per-example calls save little (the cause of the
+extra memory is not pinned down).
 """
 
 from __future__ import annotations
