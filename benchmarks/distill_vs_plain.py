@@ -6,7 +6,9 @@ sentiment data with the quickstart's prompt and splits, so the teacher made by `
 never saw the test sentences. Only ``distill.alpha`` differs: 0 trains on the answers alone (plain SFT
 of the student), ``--alpha`` adds the teacher's distributions at ``--temperature``, at every position
 of each example (``--positions all``) or at the answer tokens only (``--positions answer``).
-All arms are scored on the same held-out sentences.
+All arms are scored on the same held-out sentences. With several ``--seeds`` each arm trains once per
+seed (``train.seed``: initialisation and example order) on the same data (``data.seed`` stays at the
+quickstart's 42), and the table shows the means.
 
     tunelab quickstart                                      # the teacher: runs/quickstart
     python benchmarks/distill_vs_plain.py --teacher runs/quickstart    # 20 blocks, LoRA, KL at all positions
@@ -51,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--eval-examples", type=int, default=502)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds; the data stays fixed")
     parser.add_argument("--output-dir", default="runs/distill-bench")
     parser.add_argument("--results", type=Path, default=RESULTS, help="path stem for the .md and .json results")
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides for both arms")
@@ -60,11 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def arm_config(args: argparse.Namespace, name: str, alpha: float, baseline: bool):
-    # The quickstart's splits and prompt: same file, fractions and seed, so the same test sentences.
+def arm_config(args: argparse.Namespace, name: str, alpha: float, baseline: bool, seed: int):
+    # The quickstart's splits and prompt: same file, fractions and data seed, so the same test sentences.
     return load_config(None, [
         f"run_name={name}", f"model={args.model}", "task=distill", f"method={args.method}",
-        f"data.train={EXAMPLE_DATA}", "data.val_fraction=0.05", "data.test_fraction=0.05",
+        f"data.train={EXAMPLE_DATA}", "data.val_fraction=0.05", "data.test_fraction=0.05", "data.seed=42",
+        f"train.seed={seed}",
         f"data.max_train_examples={args.train_examples}",
         f"distill.teacher={args.teacher}", f"distill.alpha={alpha}", f"distill.temperature={args.temperature}",
         f"distill.positions={args.positions}",
@@ -82,39 +86,57 @@ def table(columns: dict[str, dict]) -> str:
     return "\n".join("| " + " | ".join(row) + " |" for row in lines)
 
 
-def paired_test(plain_dir: Path, distilled_dir: Path) -> dict:
-    """Exact McNemar test on the sentences both arms scored: how often each is right where the other is wrong.
+def correct_by_sentence(run_dir: Path) -> dict:
+    rows = (json.loads(line) for line in (run_dir / "predictions.jsonl").open())
+    return {row["id"]: row["tuned_correct"] for row in rows}
 
-    The two arms share their test sentences, so the sentence-to-sentence noise that a difference of two
-    accuracies carries cancels; only the sentences where they disagree count.
+
+def paired_test(plain_dirs: list[Path], distilled_dirs: list[Path]) -> dict:
+    """Exact sign test over the sentences both arms scored: on how many the distilled student was right
+    more often (over the seeds) than the student alone, and on how many less often.
+
+    The arms share their test sentences, so the sentence-to-sentence noise that a difference of two
+    accuracies carries cancels; only the sentences where they disagree count. With one seed this is
+    the exact McNemar test.
     """
-    def correct(run_dir: Path) -> dict:
-        rows = (json.loads(line) for line in (run_dir / "predictions.jsonl").open())
-        return {row["id"]: row["tuned_correct"] for row in rows}
-
-    plain, distilled = correct(plain_dir), correct(distilled_dir)
-    shared = plain.keys() & distilled.keys()
-    only_distilled = sum(distilled[i] and not plain[i] for i in shared)
-    only_plain = sum(plain[i] and not distilled[i] for i in shared)
-    n, k = only_distilled + only_plain, min(only_distilled, only_plain)
+    plain = [correct_by_sentence(d) for d in plain_dirs]
+    distilled = [correct_by_sentence(d) for d in distilled_dirs]
+    shared = set.intersection(*(set(arm) for arm in plain + distilled))
+    difference = {i: sum(arm[i] for arm in distilled) - sum(arm[i] for arm in plain) for i in shared}
+    better = sum(d > 0 for d in difference.values())
+    worse = sum(d < 0 for d in difference.values())
+    n, k = better + worse, min(better, worse)
     p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"sentences": len(shared), "only_distilled_right": only_distilled, "only_plain_right": only_plain,
-            "mcnemar_p": p_value}
+    return {"sentences": len(shared), "seeds": len(plain), "distilled_better": better, "plain_better": worse,
+            "p_value": p_value}
+
+
+def mean_metrics(runs: list[dict]) -> dict:
+    return {name: sum(run[name] for run in runs) / len(runs) for name in SHOWN if all(name in run for run in runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    plain = run_distill(arm_config(args, "student-plain", 0.0, baseline=False), overwrite=True)
-    distilled = run_distill(arm_config(args, "student-distilled", args.alpha, baseline=True), overwrite=True)
-    columns = {"student before training": distilled["base"], "student alone (alpha 0)": plain["tuned"],
-               f"student distilled (alpha {args.alpha}, T {args.temperature}, {args.positions} positions)":
-                   distilled["tuned"],
-               "teacher": distilled["teacher"]}
-    budget = {arm: {k: m["train"][k] for k in ("examples", "steps", "tokens", "seconds", "trainable_params",
-                                               "total_params")}
-              for arm, m in (("plain", plain), ("distilled", distilled))}
-    budget["teacher_params"] = distilled["train"]["teacher_params"]
-    paired = paired_test(Path(args.output_dir) / "student-plain", Path(args.output_dir) / "student-distilled")
+    out = Path(args.output_dir)
+    plain, distilled = [], []
+    for seed in args.seeds:
+        plain.append(run_distill(arm_config(args, f"student-plain-seed{seed}", 0.0, False, seed), overwrite=True))
+        distilled.append(run_distill(arm_config(args, f"student-distilled-seed{seed}", args.alpha, True, seed),
+                                     overwrite=True))
+    seeds = f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
+    columns = {"student before training": distilled[0]["base"],
+               f"student alone (alpha 0, {seeds})": mean_metrics([m["tuned"] for m in plain]),
+               f"student distilled (alpha {args.alpha}, T {args.temperature}, {args.positions} positions, {seeds})":
+                   mean_metrics([m["tuned"] for m in distilled]),
+               "teacher": distilled[0]["teacher"]}
+    budget = {arm: {k: runs[0]["train"][k] for k in ("examples", "steps", "tokens", "trainable_params", "total_params")}
+              | {"seconds": [m["train"]["seconds"] for m in runs]}
+              for arm, runs in (("plain", plain), ("distilled", distilled))}
+    budget["teacher_params"] = distilled[0]["train"]["teacher_params"]
+    per_seed = {seed: {"plain": p["tuned"]["accuracy"], "distilled": d["tuned"]["accuracy"]}
+                for seed, p, d in zip(args.seeds, plain, distilled)}
+    paired = paired_test([out / f"student-plain-seed{s}" for s in args.seeds],
+                         [out / f"student-distilled-seed{s}" for s in args.seeds])
     command = "python benchmarks/distill_vs_plain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = "\n\n".join([
         "# Distillation against plain fine-tuning of the same student",
@@ -122,19 +144,22 @@ def main(argv: list[str] | None = None) -> int:
         f"Student: {args.model} cut to {args.student_layers} blocks, method {args.method}, "
         f"{budget['plain']['total_params']:,} parameters; teacher: {args.teacher}, "
         f"{budget['teacher_params']:,} parameters. Both arms: {budget['plain']['examples']} training examples, "
-        f"{budget['plain']['steps']} steps, learning rate {args.learning_rate}; "
-        f"{distilled['data']['test']} test sentences, scored on {args.eval_examples} of them.",
+        f"{budget['plain']['steps']} steps, learning rate {args.learning_rate}, training seeds "
+        f"{', '.join(map(str, args.seeds))}; {distilled[0]['data']['test']} test sentences, scored on "
+        f"{args.eval_examples} of them.",
         table(columns),
-        f"Paired on the same {paired['sentences']} sentences: the distilled student is right where the student "
-        f"alone is wrong on {paired['only_distilled_right']}, the reverse on {paired['only_plain_right']} "
-        f"(exact McNemar p = {paired['mcnemar_p']:.2g}).",
-        f"Training time: {budget['plain']['seconds']} s alone, {budget['distilled']['seconds']} s distilled "
-        f"(the teacher's forward passes included).",
+        "Accuracy per seed (alone / distilled): " + "; ".join(
+            f"{seed}: {acc['plain']:.4f} / {acc['distilled']:.4f}" for seed, acc in per_seed.items()) + ".",
+        f"Paired on the same {paired['sentences']} sentences (exact sign test over sentences, each arm's "
+        f"correctness summed over the seeds): the distilled student did better on {paired['distilled_better']}, "
+        f"the student alone on {paired['plain_better']} (p = {paired['p_value']:.2g}).",
+        f"Training time per seed: {budget['plain']['seconds']} s alone, {budget['distilled']['seconds']} s "
+        f"distilled (the teacher's forward passes included).",
     ])
     args.results.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.results.with_suffix(".md"), text + "\n")
     atomic_write_json(args.results.with_suffix(".json"), {"command": command, "columns": columns, "budget": budget,
-                                                             "paired": paired})
+                                                             "per_seed": per_seed, "paired": paired})
     print("\n" + text)
     return 0
 

@@ -44,3 +44,22 @@ def test_shipped_config_validates(path):
     assert first_line.startswith("# tunelab "), "the first line names the command that runs the config"
     config = load_config(path)
     assert (ROOT / config.data.train).exists() or Path(config.data.train).exists()
+
+
+def test_data_seed_holds_the_splits_while_the_training_seed_varies(tmp_path):
+    from tunelab.data.dataset import load_splits
+    from tunelab.train.setup import cap_examples
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(f'{{"prompt": "q{i}", "completion": "a{i}"}}\n' for i in range(60)))
+
+    def splits(*overrides):
+        config = load_config(None, [f"data.train={data}", "data.max_train_examples=20", "eval.max_examples=3",
+                                    *overrides])
+        parts = load_splits(config.data, config.data_seed)
+        return [[row.line for row in part] for part in (parts.train, parts.val, parts.test,
+                                                      cap_examples(parts.test, config))]
+
+    assert splits("train.seed=1", "data.seed=7") == splits("train.seed=2", "data.seed=7")
+    assert splits("train.seed=1") != splits("train.seed=2")
+    assert splits("train.seed=7") == splits("train.seed=1", "data.seed=7")

@@ -54,7 +54,7 @@ class DataConfig(Section):
         "source i gets round(total * weight_i / sum of weights) of them (largest remainders get the rounding). "
         "A source asked for fewer rows than it has is downsampled (a seeded sample without repetition); one "
         "asked for more is upsampled (every row repeated floor(share / rows) times, plus a seeded sample of "
-        "the rest without repetition). The mix is shuffled with train.seed. Val and test splits are not "
+        "the rest without repetition). The mix is shuffled with data.seed (or train.seed). Val and test splits are not "
         "resampled; evaluation reports every metric per source as well as overall.")
     val: str | None = Field(None, description="Validation file; when null, split off from train.")
     test: str | None = Field(None, description="Test file; when null, split off from train.")
@@ -62,6 +62,9 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     max_train_examples: int | None = Field(None, gt=0, description="Seeded random subset of the train split.")
+    seed: int | None = Field(None, description="Seed for the train/val/test split, the max_train_examples "
+                             "subset and the evaluated subset; null: train.seed. Set it to train several seeds "
+                             "on the same data.")
     on_error: Literal["raise", "quarantine"] = Field(
         "quarantine", description="Bad rows stop the run (raise) or go to quarantine.jsonl with a reason.")
     label_prompt: str = Field(DEFAULT_LABEL_PROMPT, description="User prompt for text/label rows; "
@@ -395,6 +398,11 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     sweep: SweepConfig = SweepConfig()
     output_dir: str = "runs"
+
+    @property
+    def data_seed(self) -> int:
+        """The seed that picks the data (splits, subsets): data.seed, or train.seed when that is null."""
+        return self.train.seed if self.data.seed is None else self.data.seed
 
     @model_validator(mode="after")
     def _check_distill_teacher(self):

@@ -2,7 +2,7 @@
 
 glibc keeps freed heap pages for later reuse. Training allocates activations of a different shape
 every step, so those pages pile up and the resident size creeps up by gigabytes over an epoch while
-the live tensors stay the same size. ``malloc_trim(0)`` after each step returns them. Where there is
+the live tensors stay the same size. ``malloc_trim(0)`` every few steps returns them. Where there is
 no glibc (macOS, musl) it does nothing; GPU memory is not affected either way.
 """
 

@@ -45,3 +45,17 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_model_dir, 
     for half in (rows[:1], rows[1:]):  # unequal halves with unequal token counts
         compute_loss(trainer, model, collate_packed(half, pad), num_items_in_batch=total).backward()
     assert torch.allclose(model.model.layers[1].mlp.up_proj.weight.grad, reference, atol=1e-6)
+
+
+def test_freed_memory_goes_back_every_few_steps_not_every_step(monkeypatch):
+    from tunelab.train import common
+
+    released_at = []
+    state = SimpleNamespace(global_step=0)
+    monkeypatch.setattr(common, "release_memory", lambda: released_at.append(state.global_step))
+    callback = common.ReleaseMemoryCallback(every=4)
+    for step in range(1, 10):
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+    assert released_at == [4, 8]
+    assert common.ReleaseMemoryCallback().every == common.RELEASE_EVERY_STEPS > 1

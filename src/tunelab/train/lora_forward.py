@@ -7,10 +7,13 @@ forward pass barely sees the adapter, and learning lags. Measured on the through
 (SmolLM2-135M, LoRA r=16, 16 steps, seed 42): held-out loss 0.2103 with peft's forward, 0.1998 with
 this one, and 0.1997 with everything in fp32.
 
-Here the output is ``addmm(update, x, W^T)``: the matmul accumulates ``x W^T`` in fp32, adds the
+Here the output is ``update.addmm_(x, W^T)``: the matmul accumulates ``x W^T`` in fp32, adds the
 update, and rounds once. It is also less work: the scale multiplies the r-wide inner activations
 instead of the output, and the add happens inside the matmul instead of as two passes over the
-output. Autograd differentiates it as usual.
+output (in place: an out-of-place ``addmm`` with a full-size addend took 2.5 ms against 0.9 ms for a
+[896 x 576] by [576 x 1536] bf16 product on CPU). Without adapter dropout (the default), the layer is
+one autograd function, ``LoraMatmul``, whose backward ends the same way: the input's gradient is one
+``addmm_`` instead of two products and a sum (3% faster training steps, measured side by side).
 
 Only plain LoRA on a plain ``nn.Linear`` base with one active, unmerged adapter takes this path
 (also rsLoRA, which differs only in its scale); DoRA, quantized bases, several adapters at once and
@@ -40,13 +43,55 @@ def single_rounding_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) 
     base, lora_a, lora_b = self.base_layer, self.lora_A[adapter], self.lora_B[adapter]
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else base.weight.dtype
+    if isinstance(self.lora_dropout[adapter], torch.nn.Identity) and not _trains(base):
+        return LoraMatmul.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight, self.scaling[adapter], dtype)
     lora_x = x if autocast else x.to(lora_a.weight.dtype)  # outside autocast, as peft: in the adapter's dtype
     update = lora_b(lora_a(self.lora_dropout[adapter](lora_x)) * self.scaling[adapter])
     if base.bias is not None:
         update = update + base.bias
-    out = torch.addmm(update.reshape(-1, base.out_features).to(dtype), x.reshape(-1, base.in_features).to(dtype),
-                      base.weight.t().to(dtype))
+    out = update.reshape(-1, base.out_features).to(dtype).addmm_(x.reshape(-1, base.in_features).to(dtype),
+                                                                  base.weight.t().to(dtype))
     return out.view(*x.shape[:-1], base.out_features)
+
+
+def _trains(base: torch.nn.Linear) -> bool:
+    return base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
+
+
+class LoraMatmul(torch.autograd.Function):
+    """``x W^T + b + s (x A^T) B^T`` for a frozen base, with both passes written out.
+
+    Forward and backward each end in one in-place ``addmm_`` into the low-rank term: the output
+    and the input's gradient are rounded once, and neither takes a separate pass over an
+    activation-sized tensor to add the adapter's share (autograd would add the base's and the
+    adapter's input gradients as a third op). The scale is folded into ``B``'s small copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
+        rows = x.reshape(-1, x.shape[-1]).to(dtype)
+        a, scaled_b = lora_a.to(dtype), (lora_b * scaling).to(dtype)
+        inner = rows @ a.t()
+        out = inner @ scaled_b.t()
+        if bias is not None:
+            out += bias.to(dtype)
+        out.addmm_(rows, weight.t().to(dtype))
+        ctx.save_for_backward(rows, inner, weight, a, scaled_b)
+        ctx.scaling, ctx.x_shape, ctx.x_dtype = scaling, x.shape, x.dtype
+        ctx.param_dtypes = (lora_a.dtype, lora_b.dtype)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rows, inner, weight, a, scaled_b = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(rows.dtype)
+        grad_inner = grad @ scaled_b
+        grad_a = (grad_inner.t() @ rows).to(ctx.param_dtypes[0])
+        grad_b = (grad.t() @ inner).to(ctx.param_dtypes[1]) * ctx.scaling
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_inner @ a).addmm_(grad, weight.to(rows.dtype)).view(ctx.x_shape).to(ctx.x_dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None
 
 
 def _plain_active_adapter(layer: LoraLinear, kwargs: dict) -> str | None:

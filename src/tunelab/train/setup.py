@@ -74,7 +74,7 @@ def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str
     load_base, such as a classification head sized by the label set.
     """
     set_seed(config.train.seed)
-    splits = load_splits(config.data, config.train.seed)
+    splits = load_splits(config.data, config.data_seed)
     if splits.kind not in kinds:
         where = config.data.train or ", ".join(source.train for source in config.data.mix)
         raise TunelabError(f"{where}: the rows are {splits.kind} records; {hint}")
@@ -105,4 +105,4 @@ def with_method(model, config: RunConfig, task_type: str = "CAUSAL_LM") -> tuple
 def cap_examples(records: list, config: RunConfig) -> list:
     """A seeded subset of at most eval.max_examples records (all of them when that is null)."""
     limit = config.eval.max_examples
-    return random.Random(config.train.seed).sample(records, limit) if limit and len(records) > limit else records
+    return random.Random(config.data_seed).sample(records, limit) if limit and len(records) > limit else records
