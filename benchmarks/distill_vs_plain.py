@@ -117,12 +117,11 @@ def mean_metrics(runs: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.output_dir)
-    plain, distilled = [], []
-    for seed in args.seeds:
-        plain.append(run_distill(arm_config(args, f"student-plain-seed{seed}", 0.0, False, seed), overwrite=True))
-        distilled.append(run_distill(arm_config(args, f"student-distilled-seed{seed}", args.alpha, True, seed),
-                                     overwrite=True))
+    names = {arm: [f"student-{arm}-seed{seed}" for seed in args.seeds] for arm in ("plain", "distilled")}
+    plain = [run_distill(arm_config(args, name, 0.0, False, seed), overwrite=True)
+             for name, seed in zip(names["plain"], args.seeds)]
+    distilled = [run_distill(arm_config(args, name, args.alpha, True, seed), overwrite=True)
+                 for name, seed in zip(names["distilled"], args.seeds)]
     seeds = f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
     columns = {"student before training": distilled[0]["base"],
                f"student alone (alpha 0, {seeds})": mean_metrics([m["tuned"] for m in plain]),
@@ -135,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     budget["teacher_params"] = distilled[0]["train"]["teacher_params"]
     per_seed = {seed: {"plain": p["tuned"]["accuracy"], "distilled": d["tuned"]["accuracy"]}
                 for seed, p, d in zip(args.seeds, plain, distilled)}
-    paired = paired_test([out / f"student-plain-seed{s}" for s in args.seeds],
-                         [out / f"student-distilled-seed{s}" for s in args.seeds])
+    out = Path(args.output_dir)
+    paired = paired_test([out / name for name in names["plain"]], [out / name for name in names["distilled"]])
     command = "python benchmarks/distill_vs_plain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = "\n\n".join([
         "# Distillation against plain fine-tuning of the same student",
