@@ -2,18 +2,24 @@
 
 Both arms train the same student (``--model`` cut to ``--student-layers`` transformer blocks) with
 the same method, seeded training examples, steps, learning rate and seed, on the bundled movie-review
-sentiment data with the quickstart's prompt and splits, so the teacher made by ``tunelab quickstart``
-never saw the test sentences. Only ``distill.alpha`` differs: 0 trains on the answers alone (plain SFT
-of the student), ``--alpha`` adds the teacher's distributions at ``--temperature``, at every position
-of each example (``--positions all``) or at the answer tokens only (``--positions answer``).
-All arms are scored on the same held-out sentences. With several ``--seeds`` each arm trains once per
-seed (``train.seed``: initialisation and example order) on the same data (``data.seed`` stays at the
-quickstart's 42), and the table shows the means.
+sentiment data with the splits of the run that made the teacher, so the teacher never saw the test
+sentences. Only the teacher differs: the plain arm trains on the labels alone, the distilled arm adds
+the teacher's distributions at ``--temperature`` with weight ``--alpha``. All arms are scored on the
+same held-out sentences. With several ``--seeds`` each arm trains once per seed (``train.seed``:
+initialisation and example order) on the same data (``data.seed`` stays at 42), and the table shows
+the means.
 
-    tunelab quickstart                                      # the teacher: runs/quickstart
+``--task sft`` (token level, task distill): a causal LM student learns the label word as an answer and
+the teacher's next-token distributions, at every position of each example (``--positions all``) or at
+the answer only (``--positions answer``). ``--task classification`` (label level, task classification
+with distill.teacher): a classification head learns the teacher classifier's class probabilities.
+
+    tunelab quickstart                                      # the sft teacher: runs/quickstart
     python benchmarks/distill_vs_plain.py --teacher runs/quickstart    # 20 blocks, LoRA, KL at all positions
+    tunelab train configs/classification/minilm.yaml        # the classification teacher: runs/movie-minilm
+    python benchmarks/distill_vs_plain.py --task classification --teacher runs/movie-minilm
 
-Prints a table and writes benchmarks/results/distill_vs_plain.md and .json.
+Prints a table and writes benchmarks/results/distill_vs_plain.md and .json (``--results``).
 """
 
 from __future__ import annotations
@@ -32,51 +38,77 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tunelab.config import load_config  # noqa: E402
 from tunelab.io import atomic_write_json, atomic_write_text  # noqa: E402
 from tunelab.quickstart import EXAMPLE_DATA  # noqa: E402
+from tunelab.train.classify import run_classification  # noqa: E402
 from tunelab.train.distill import run_distill  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "distill_vs_plain"
+RESULTS = Path(__file__).resolve().parent / "results"
 SHOWN = ("accuracy", "f1", "ece", "loss")
+
+# Per task: the recipe, the splits of the run that makes the teacher (tunelab quickstart, and
+# configs/classification/minilm.yaml), and the defaults of the options left unset.
+TASKS = {
+    "sft": {"recipe": run_distill, "fractions": (0.05, 0.05), "max_length": 256,
+            "defaults": {"teacher": "runs/quickstart", "model": "smollm2-135m", "student_layers": 20,
+                         "method": "lora", "alpha": 0.5, "epochs": 1.0, "learning_rate": 1e-3, "batch_size": 8,
+                         "eval_examples": 502, "results": RESULTS / "distill_vs_plain"}},
+    "classification": {"recipe": run_classification, "fractions": (0.1, 0.1), "max_length": 128,
+                       "defaults": {"teacher": "runs/movie-minilm", "model": "minilm-l6", "student_layers": 2,
+                                    "method": "full", "alpha": 0.9, "epochs": 3.0, "learning_rate": 2e-4,
+                                    "batch_size": 32, "eval_examples": None,
+                                    "results": RESULTS / "distill_vs_plain_classification"}},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", default="runs/quickstart", help="run folder, model folder or embedded name")
-    parser.add_argument("--model", default="smollm2-135m", help="the model the student is cut from")
-    parser.add_argument("--student-layers", type=int, default=20)
-    parser.add_argument("--method", default="lora")
-    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--task", choices=tuple(TASKS), default="sft")
+    parser.add_argument("--teacher", help="run folder, model folder or embedded name (default: per task)")
+    parser.add_argument("--model", help="the model the student is cut from (default: per task)")
+    parser.add_argument("--student-layers", type=int)
+    parser.add_argument("--method")
+    parser.add_argument("--alpha", type=float)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--positions", choices=("answer", "all"), default="all",
-                        help="where the KL term is taken (distill.positions)")
+                        help="task sft: where the KL term is taken (distill.positions)")
     parser.add_argument("--train-examples", type=int, default=1000)
-    parser.add_argument("--epochs", type=float, default=1.0)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--eval-examples", type=int, default=502)
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--eval-examples", type=int, help="test sentences scored (default: per task; all of them "
+                        "for classification)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds; the data stays fixed")
     parser.add_argument("--output-dir", default="runs/distill-bench")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="path stem for the .md and .json results")
+    parser.add_argument("--results", type=Path, help="path stem for the .md and .json results (default: per task)")
     parser.add_argument("overrides", nargs="*", help="more key=value config overrides for both arms")
     args = parser.parse_args(argv)
+    for key, value in TASKS[args.task]["defaults"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if not 0 < args.alpha <= 1:
-        parser.error("--alpha must be in (0, 1]: alpha 0 is the plain arm, which always runs")
+        parser.error("--alpha must be in (0, 1]: the plain arm (no teacher) always runs")
     return args
 
 
-def arm_config(args: argparse.Namespace, name: str, alpha: float, baseline: bool, seed: int):
-    # The quickstart's splits and prompt: same file, fractions and data seed, so the same test sentences.
+def arm_config(args: argparse.Namespace, name: str, distilled: bool, baseline: bool, seed: int):
+    """One arm's config. The plain arm of task sft is task distill at alpha 0 (the teacher is not loaded);
+    that of task classification is plain classification of the same cut student."""
+    task = TASKS[args.task]
+    val, test = task["fractions"]
+    teacher = [f"distill.teacher={args.teacher}", f"distill.alpha={args.alpha}",
+               f"distill.temperature={args.temperature}"] if distilled else []
+    if args.task == "sft":
+        teacher = [f"distill.teacher={args.teacher}", f"distill.positions={args.positions}",
+                   *(teacher[1:] if distilled else ["distill.alpha=0"])]
     return load_config(None, [
-        f"run_name={name}", f"model={args.model}", "task=distill", f"method={args.method}",
-        f"data.train={EXAMPLE_DATA}", "data.val_fraction=0.05", "data.test_fraction=0.05", "data.seed=42",
-        f"train.seed={seed}",
-        f"data.max_train_examples={args.train_examples}",
-        f"distill.teacher={args.teacher}", f"distill.alpha={alpha}", f"distill.temperature={args.temperature}",
-        f"distill.positions={args.positions}",
+        f"run_name={name}", f"model={args.model}", f"task={'distill' if args.task == 'sft' else args.task}",
+        f"method={args.method}", f"data.train={EXAMPLE_DATA}", f"data.val_fraction={val}",
+        f"data.test_fraction={test}", "data.seed=42", f"train.seed={seed}",
+        f"data.max_train_examples={args.train_examples}", *teacher,
         f"distill.student_layers={args.student_layers}",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-        f"train.learning_rate={args.learning_rate}", "train.max_length=256", "train.save_steps=1000",
-        f"eval.max_examples={args.eval_examples}", f"eval.baseline={str(baseline).lower()}",
-        f"output_dir={args.output_dir}", *args.overrides])
+        f"train.learning_rate={args.learning_rate}", f"train.max_length={task['max_length']}", "train.save_steps=1000",
+        f"eval.max_examples={args.eval_examples if args.eval_examples else 'null'}",
+        f"eval.baseline={str(baseline).lower()}", f"output_dir={args.output_dir}", *args.overrides])
 
 
 def table(columns: dict[str, dict]) -> str:
@@ -118,14 +150,16 @@ def mean_metrics(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = {arm: [f"student-{arm}-seed{seed}" for seed in args.seeds] for arm in ("plain", "distilled")}
-    plain = [run_distill(arm_config(args, name, 0.0, False, seed), overwrite=True)
+    recipe = TASKS[args.task]["recipe"]
+    plain = [recipe(arm_config(args, name, False, False, seed), overwrite=True)
              for name, seed in zip(names["plain"], args.seeds)]
-    distilled = [run_distill(arm_config(args, name, args.alpha, True, seed), overwrite=True)
+    distilled = [recipe(arm_config(args, name, True, True, seed), overwrite=True)
                  for name, seed in zip(names["distilled"], args.seeds)]
     seeds = f"mean of {len(args.seeds)} seeds" if len(args.seeds) > 1 else f"seed {args.seeds[0]}"
+    where = f", {args.positions} positions" if args.task == "sft" else ""
     columns = {"student before training": distilled[0]["base"],
                f"student alone (alpha 0, {seeds})": mean_metrics([m["tuned"] for m in plain]),
-               f"student distilled (alpha {args.alpha}, T {args.temperature}, {args.positions} positions, {seeds})":
+               f"student distilled (alpha {args.alpha}, T {args.temperature}{where}, {seeds})":
                    mean_metrics([m["tuned"] for m in distilled]),
                "teacher": distilled[0]["teacher"]}
     budget = {arm: {k: runs[0]["train"][k] for k in ("examples", "steps", "tokens", "trainable_params", "total_params")}
@@ -136,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 for seed, p, d in zip(args.seeds, plain, distilled)}
     out = Path(args.output_dir)
     paired = paired_test([out / name for name in names["plain"]], [out / name for name in names["distilled"]])
+    teacher_time = ("the teacher's forward passes included" if args.task == "sft" else
+                    "the teacher's logits are computed once, before training, and are not included")
     command = "python benchmarks/distill_vs_plain.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     text = "\n\n".join([
         "# Distillation against plain fine-tuning of the same student",
@@ -145,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{budget['teacher_params']:,} parameters. Both arms: {budget['plain']['examples']} training examples, "
         f"{budget['plain']['steps']} steps, learning rate {args.learning_rate}, training seeds "
         f"{', '.join(map(str, args.seeds))}; {distilled[0]['data']['test']} test sentences, scored on "
-        f"{args.eval_examples} of them.",
+        f"{args.eval_examples or 'all'} of them.",
         table(columns),
         "Accuracy per seed (alone / distilled): " + "; ".join(
             f"{seed}: {acc['plain']:.4f} / {acc['distilled']:.4f}" for seed, acc in per_seed.items()) + ".",
@@ -153,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         f"correctness summed over the seeds): the distilled student did better on {paired['distilled_better']}, "
         f"the student alone on {paired['plain_better']} (p = {paired['p_value']:.2g}).",
         f"Training time per seed: {budget['plain']['seconds']} s alone, {budget['distilled']['seconds']} s "
-        f"distilled (the teacher's forward passes included).",
+        f"distilled ({teacher_time}).",
     ])
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.results.with_suffix(".md"), text + "\n")
-    atomic_write_json(args.results.with_suffix(".json"), {"command": command, "columns": columns, "budget": budget,
+    atomic_write_text(Path(f"{args.results}.md"), text + "\n")
+    atomic_write_json(Path(f"{args.results}.json"), {"command": command, "columns": columns, "budget": budget,
                                                              "per_seed": per_seed, "paired": paired})
     print("\n" + text)
     return 0

@@ -127,8 +127,10 @@ class TrainConfig(Section):
         "true, false, or auto: on CPU when the run has at least 100 forward passes to pay back the compile time "
         "(about 30-45 s the first time, a few seconds once cached).")
     micro_batch_tokens: int = Field(
-        1024, gt=0, description="Memory plan: a step's rows run in micro-batches of at most this many tokens "
-        "(gradients accumulate, loss normalised over the whole step), so activation memory stays bounded.")
+        2048, gt=0, description="Memory plan: a step's rows run in micro-batches of at most this many tokens "
+        "(gradients accumulate, loss normalised over the whole step), so activation memory stays bounded. "
+        "Measured on the throughput benchmark (SmolLM2-135M, LoRA): 2048 gave 4-8% more tokens/s than 1024 "
+        "(fewer, larger matmuls), at about 2.8 GB peak RSS against 2.3 GB.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Frozen-weight dtype. auto: bf16 where the hardware runs it fast, else fp32.")
     logging_steps: int = Field(5, gt=0)
@@ -209,11 +211,14 @@ class ClassificationConfig(Section):
 
 
 class DistillConfig(Section):
-    """task: distill, a student trained on its teacher's next-token distributions and on the answers."""
+    """task: distill, a student trained on its teacher's next-token distributions and on the answers; or
+    task: classification with a teacher, a head trained on its teacher classifier's class probabilities."""
 
     teacher: str | None = Field(None, description="The teacher: a model folder, Hugging Face id, embedded name "
-                                "or a finished tunelab run folder (its adapter is merged into its base). It must "
-                                "share the student's vocabulary. Required when task is distill.")
+                                "or a finished tunelab run folder (its adapter is merged into its base). task "
+                                "distill: a causal LM that shares the student's vocabulary (required). task "
+                                "classification: a classification run or sequence-classification model whose labels "
+                                "include the student's, any tokenizer (optional: label-level distillation).")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the distillation term, alpha * T^2 * "
                          "KL(teacher || student at temperature T); the answer cross-entropy gets 1 - alpha. "
                          "0: plain SFT of the student (the teacher is not loaded).")
@@ -221,7 +226,7 @@ class DistillConfig(Section):
                                "above 1 spreads the teacher's probability over its runner-up tokens.")
     student_layers: int | None = Field(None, gt=0, description="Keep only N evenly spaced transformer blocks of "
                                        "model (first and last included) to make a smaller student of the teacher's "
-                                       "family; null: the student is model as is.")
+                                       "family (task distill or classification); null: the student is model as is.")
     positions: Literal["answer", "all"] = Field(
         "answer", description="Where the KL term is taken. answer: the answer tokens only. all: every next-token "
         "position inside each example, prompt included (never padding, never across packed examples), the "
@@ -409,6 +414,10 @@ class RunConfig(Section):
         if self.task == "distill" and not self.distill.teacher:
             raise ValueError("task distill needs distill.teacher (a model folder, Hugging Face id, embedded name "
                              "or tunelab run folder whose vocabulary the student shares)")
+        used = [f"distill.{key}" for key in ("teacher", "student_layers") if getattr(self.distill, key)]
+        if used and self.task not in ("distill", "classification"):
+            raise ValueError(f"{' and '.join(used)} apply to task distill or classification only, not task "
+                             f"{self.task}")
         return self
 
     @model_validator(mode="after")

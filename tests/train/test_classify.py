@@ -12,10 +12,7 @@ from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from transformers import TrainerCallback
 
-from tunelab.train.classify import WeightedLossTrainer, class_weights, run_classification
-
-WORDS = ["the movie was great wonderful brilliant moving fun", "the movie was dull terrible tedious awful boring",
-         "the movie was fine"] * 20
+from tunelab.train.classify import ClassifierTrainer, ClassWeightedLoss, class_weights, run_classification
 
 # model fixture, method, learning rate, where the trained weights are saved, extra overrides
 # (the tiny encoder pools one [CLS] vector and needs more steps than the decoder to pick up the word;
@@ -26,43 +23,6 @@ CASES = {
     "decoder-full": ("tiny_model_dir", "full", 3e-3, "model", []),
     "decoder-lora": ("tiny_model_dir", "lora", 1e-2, "adapter", ["train.warmup_ratio=0.1"]),
 }
-
-
-def build_wordpiece_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    # A fixed word-level vocabulary: a trained WordPiece vocabulary breaks ties differently from run to
-    # run, which changed the tiny model (and its few-step loss curve) between test runs.
-    words = sorted({w for line in WORDS for w in line.split()})
-    core = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
-    core.normalizer = normalizers.BertNormalizer(lowercase=True)
-    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    core.decoder = decoders.WordPiece()
-    cls, sep = core.token_to_id("[CLS]"), core.token_to_id("[SEP]")
-    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
-
-
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    """A saved 2-layer, 32-wide BERT encoder without a head, like the embedded minilm-l6 folder."""
-    from transformers import BertConfig, BertModel
-
-    tokenizer = build_wordpiece_tokenizer()
-    torch.manual_seed(0)
-    # A wider init than BERT's 0.02: at 32 wide, 0.02 leaves the [CLS] output nearly blind to the words
-    # and a few steps learn nothing.
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, initializer_range=0.2, pad_token_id=tokenizer.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def tiny_config(tmp_path, model_dir, data, *extra):
@@ -141,7 +101,7 @@ def test_weighted_loss_is_normalised_by_the_examples_of_the_whole_accumulated_ba
             return SequenceClassifierOutput(logits=self.logits)
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    trainer = WeightedLossTrainer(model=FixedLogits(), args=args, class_weights=torch.tensor([0.5, 2.0]))
+    trainer = ClassifierTrainer(model=FixedLogits(), args=args, loss_fn=ClassWeightedLoss([0.5, 2.0]))
     labels = torch.tensor([0, 0, 1])
     inputs = {"input_ids": torch.zeros(3, 1, dtype=torch.long), "labels": labels}
     # This micro-batch holds 3 of the 6 examples in the accumulated batch.

@@ -8,7 +8,10 @@ guesses at chance level, which is the honest baseline for a head that did not ex
 
 ``train.early_stopping`` stops on the head's mean cross-entropy over the val split and keeps the best
 weights (train/early_stopping.py). With ``data.mix`` every metric is reported per source as well
-(``metrics[arm]["by_source"][name]``), from the same test predictions.
+(``metrics[arm]["by_source"][name]``), from the same test predictions. With ``distill.teacher`` the
+head learns a teacher classifier's class probabilities as well as the labels, and the teacher is
+scored on the same test texts (train/distill_labels.py); ``distill.student_layers`` cuts the model
+to a smaller student, with or without a teacher.
 """
 
 from __future__ import annotations
@@ -35,34 +38,50 @@ from tunelab.precision import autocast_like, pick_dtype
 from tunelab.train.common import (JsonlLogCallback, finish_run, optimizer_steps, train_and_measure,
                                   training_arguments)
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.methods import WHOLE_MODEL_METHODS
+from tunelab.train.lean_activations import use_lean_activations
+from tunelab.train.methods import WHOLE_MODEL_METHODS, parameter_counts
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
+from tunelab.train.student import keep_evenly_spaced_blocks
 
 CLASSIFICATION_METHODS = ("full", "lora", "dora", "rslora")
 
 
-class WeightedLossTrainer(Trainer):
-    """Trainer whose loss is class-weighted cross-entropy (no other behaviour changes).
+class ClassWeightedLoss:
+    """Cross-entropy of the head's logits against the labels, optionally weighted per class; summed."""
 
-    The weighted losses are summed and divided by the number of examples in the whole accumulated
-    batch. Balanced weights average 1 over the train split, so the loss keeps its usual scale.
+    def __init__(self, weights: list[float] | None = None):
+        self.weights = torch.tensor(weights, dtype=torch.float32) if weights else None
+
+    def __call__(self, logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        labels = targets["labels"]
+        weight = self.weights.to(labels.device) if self.weights is not None else None
+        return F.cross_entropy(logits, labels, weight=weight, reduction="sum")
+
+
+class ClassifierTrainer(Trainer):
+    """Trainer whose loss is ``loss_fn(fp32 logits, targets) -> summed loss`` (no other behaviour changes).
+
+    ``targets`` are the batch's ``labels`` and, for distillation, its ``teacher_logits``. The summed
+    losses are divided by the number of examples in the whole accumulated batch. Balanced class
+    weights average 1 over the train split, so the loss keeps its usual scale.
     """
 
     loss_is_scaled_for_ga = True
+    TARGETS = ("labels", "teacher_logits")
 
-    def __init__(self, *args, class_weights: torch.Tensor | None = None, **kwargs):
+    def __init__(self, *args, loss_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.class_weights = class_weights
+        self.loss_fn = loss_fn or ClassWeightedLoss()
         # Make Trainer count examples over the whole accumulated batch for every model type.
         self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs.pop("labels")
+        targets = {key: inputs.pop(key) for key in self.TARGETS if key in inputs}
         with autocast_like(model):
             outputs = model(**inputs)
-        weight = self.class_weights.to(labels.device) if self.class_weights is not None else None
-        total = F.cross_entropy(outputs.logits.float(), labels, weight=weight, reduction="sum")
-        loss = total / (num_items_in_batch if num_items_in_batch is not None else len(labels))
+        total = self.loss_fn(outputs.logits.float(), targets)
+        count = num_items_in_batch if num_items_in_batch is not None else len(targets["labels"])
+        loss = total / count
         return (loss, outputs) if return_outputs else loss
 
 
@@ -102,6 +121,9 @@ def classifier_for_labels(config: RunConfig, labels: list[str]):
         model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
         dtype=pick_dtype(config.train.precision, config.method))
+    if config.distill.student_layers:  # a smaller student, with or without its teacher (distill_labels.py)
+        model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
+    use_lean_activations(model)  # decoders of the Llama family; encoders keep their modules
     return tokenizer, model
 
 
@@ -121,41 +143,50 @@ def encode(tokenizer, records: list[Record], label2id: dict[str, int], max_lengt
     return [{**{k: encoded[k][i] for k in keys}, "labels": label2id[r.label]} for i, r in enumerate(records)]
 
 
-def fit_classifier(model, tokenizer, features: list[dict], weights: list[float] | None, config: RunConfig,
-                   run_dir: Path, resume: bool, callbacks=()) -> dict:
-    """Train with Trainer on length-grouped, dynamically padded batches; return training figures."""
+def fit_classifier(model, tokenizer, features: list[dict], loss_fn, config: RunConfig, run_dir: Path, resume: bool,
+                   callbacks=()) -> dict:
+    """Train with Trainer on length-grouped, dynamically padded batches; return training figures.
+
+    ``loss_fn(logits, targets)`` is the summed loss of a micro-batch (ClassWeightedLoss, or label
+    distillation's soft-and-hard loss when features carry ``teacher_logits``)."""
     args = training_arguments(config, run_dir / "checkpoints", total_steps=optimizer_steps(config, len(features)))
     args.train_sampling_strategy = "group_by_length"
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens = [len(f["input_ids"]) for f in features]
     tokens_per_step = [sum(tokens[i:i + batch]) for i in range(0, len(features), batch)]
-    trainer = WeightedLossTrainer(
+    trainer = ClassifierTrainer(
         model=model,
         args=args,
         train_dataset=features,
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
-        class_weights=torch.tensor(weights, dtype=torch.float32) if weights else None,
+        loss_fn=loss_fn,
     )
     return train_and_measure(trainer, run_dir, resume, tokens_per_step) | {"examples": len(features)}
 
 
 @torch.no_grad()
-def predict_probabilities(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
-    """Softmax probabilities [examples, labels], batched over texts of similar length."""
+def predict_logits(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
+    """Head logits [examples, labels] in fp32, batched over texts of similar length, in eval mode."""
     model.eval()
     collate = DataCollatorWithPadding(tokenizer)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
-    probs = np.zeros((len(features), model.config.num_labels), dtype=np.float64)
+    logits = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        inputs = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in chunk])
+        inputs = collate([{k: features[i][k] for k in features[i] if k not in ClassifierTrainer.TARGETS}
+                          for i in chunk])
         with autocast_like(model):
-            logits = model(**{k: v.to(device) for k, v in inputs.items()}).logits
-        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probs
+            logits[chunk] = model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
+    return logits
+
+
+def predict_probabilities(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
+    """Softmax probabilities [examples, labels] (float64), batched over texts of similar length."""
+    logits = torch.from_numpy(predict_logits(model, tokenizer, features, batch_size))
+    return torch.softmax(logits, dim=-1).double().numpy()
 
 
 def mean_loss(probs: np.ndarray, reference_ids: np.ndarray) -> float:
@@ -191,12 +222,15 @@ def probability_metrics(probs: np.ndarray, reference_ids: np.ndarray, labels: li
 
 def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str], batch_size: int,
                         sources: list[str] | None = None) -> tuple[dict, list[dict]]:
-    """Label metrics, calibration and held-out loss for one arm, and its per-example predictions.
-
-    ``sources`` (data.mix: each feature's source) adds the same metrics per source as ``by_source``.
-    """
+    """Label metrics, calibration and held-out loss for one arm, and its per-example predictions."""
     probs = predict_probabilities(model, tokenizer, features, batch_size)
-    reference_ids = np.array([f["labels"] for f in features])
+    return arm_metrics(probs, np.array([f["labels"] for f in features]), labels, sources)
+
+
+def arm_metrics(probs: np.ndarray, reference_ids: np.ndarray, labels: list[str],
+                sources: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """``probability_metrics``, and with ``sources`` (data.mix: each example's source) the same per source
+    as ``by_source``."""
     metrics, predictions = probability_metrics(probs, reference_ids, labels)
     if sources:
         metrics["by_source"] = {}
@@ -207,7 +241,11 @@ def evaluate_classifier(model, tokenizer, features: list[dict], labels: list[str
 
 
 def run_classification(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
-    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback."""
+    """``callbacks`` are extra Trainer callbacks, for example a sweep's pruning callback. With
+    ``distill.teacher`` the head also learns the teacher's class probabilities (train/distill_labels.py)."""
+    from tunelab.train.distill_labels import (LabelDistillationLoss, distills_labels, load_label_teacher,
+                                              with_teacher_logits)
+
     if config.method not in CLASSIFICATION_METHODS:
         raise TunelabError(f"task: classification supports method {', '.join(CLASSIFICATION_METHODS)}; "
                            f"got {config.method}")
@@ -215,8 +253,15 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     if not (data.test or data.val or data.test_fraction or data.val_fraction):
         raise TunelabError("classification needs test (or val) rows to evaluate on; set data.test or "
                            "data.test_fraction above 0")
-    # ---- setup
-    run = start_run(config, resume, overwrite, kinds=("labeled",), load=load_classifier,
+    # ---- setup: the teacher first, so a wrong teacher fails before a run folder exists
+    teacher = load_label_teacher(config.distill.teacher) if distills_labels(config) else None
+
+    def load(config: RunConfig, splits: Splits):
+        if teacher:
+            teacher.check_labels(train_labels(splits))
+        return load_classifier(config, splits)
+
+    run = start_run(config, resume, overwrite, kinds=("labeled",), load=load,
                     hint='classification needs text/label rows ({"text": ..., "label": ...})')
     splits, tokenizer, length = run.splits, run.tokenizer, config.train.max_length
     labels = [run.model.config.id2label[i] for i in range(run.model.config.num_labels)]
@@ -224,6 +269,10 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     inputs = model_inputs(run.model)
     features = encode(tokenizer, splits.train, label2id, length, inputs)
     weights = class_weights([f["labels"] for f in features], len(labels), config.classification.class_weights)
+    loss_fn = ClassWeightedLoss(weights)
+    if teacher:  # its logits on the training texts, once: it is frozen
+        features = with_teacher_logits(features, teacher.logits(splits.train, labels, length, config.eval.batch_size))
+        loss_fn = LabelDistillationLoss(config.distill.alpha, config.distill.temperature, loss_fn)
     extra = {"class_weights": {label: round(w, 4) for label, w in zip(labels, weights)}} if weights else {}
     data_summary = write_data_summary(run.run_dir, splits, labels=labels, **extra)
     test = cap_examples(splits.test or splits.val, config)
@@ -244,7 +293,7 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
                                                             config.eval.batch_size, sources)
 
     # ---- train
-    train_metrics = fit_classifier(model, tokenizer, features, weights, config, run.run_dir, resume,
+    train_metrics = fit_classifier(model, tokenizer, features, loss_fn, config, run.run_dir, resume,
                                    [*callbacks, stopper] if stopper else callbacks) | counts
     if stopper:  # the best weights are back in the model
         train_metrics |= stopper.summary()
@@ -252,6 +301,12 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     # ---- evaluate the tuned model
     metrics["tuned"], arms["tuned"] = evaluate_classifier(model, tokenizer, test_features, labels,
                                                           config.eval.batch_size, sources)
+    if teacher:  # the teacher as a third arm, on the same test texts
+        metrics["teacher"], arms["teacher"] = teacher.evaluate(test, labels, length, config.eval.batch_size, sources)
+        train_metrics |= {"teacher": teacher.name, "teacher_params": parameter_counts(teacher.model)["total_params"],
+                          "alpha": config.distill.alpha, "temperature": config.distill.temperature}
+    if config.distill.student_layers:
+        train_metrics["student_layers"] = config.distill.student_layers
 
     # ---- save and report
     out_dir = run.run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")

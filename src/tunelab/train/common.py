@@ -22,7 +22,7 @@ from tunelab.config import RunConfig
 from tunelab.data.pack import collate_packed, collate_padded, width_multiple
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.io import atomic_write_json, atomic_write_jsonl
-from tunelab.memory import peak_rss_mb, release_memory
+from tunelab.memory import peak_rss_mb, release_memory, return_large_blocks_at_once
 from tunelab.precision import autocast_like
 from tunelab.report import comparison_table, write_report
 from tunelab.train.compile import compiled_layers, should_compile
@@ -219,6 +219,7 @@ def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
     trainer.add_callback(ReleaseMemoryCallback)
+    return_large_blocks_at_once()  # activations go back to the system when freed (tunelab/memory.py)
     checkpoints = run_dir / "checkpoints"
     checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
     started = time.perf_counter()

@@ -60,8 +60,10 @@ def _load_run_teacher(run_dir: Path, dtype: torch.dtype):
 
     run_config = read_run_config(run_dir)
     if run_config.task not in ("sft", "pretrain", "distill"):
-        raise TunelabError(f"teacher {run_dir} is a task {run_config.task} run; a teacher must be a causal LM "
-                           f"(a run of task sft, pretrain or distill)")
+        hint = ("; to distil a classifier, train task: classification with distill.teacher set to it"
+                if run_config.task == "classification" else "")
+        raise TunelabError(f"teacher {run_dir} is a task {run_config.task} run; a task distill teacher must be a "
+                           f"causal LM (a run of task sft, pretrain or distill){hint}")
     if (run_dir / "model").is_dir():
         folder = run_dir / "model"
         return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(

@@ -20,6 +20,7 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
+from tunelab.train.lean_activations import use_lean_activations
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
 from tunelab.train.segment_attention import grouped_query_attention_on_cpu, use_segment_attention
 from tunelab.train.student import keep_evenly_spaced_blocks
@@ -45,7 +46,8 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
 
 
 def load_base(config: RunConfig):
-    """Tokenizer and base causal LM, frozen weights in the dtype the hardware runs fastest.
+    """Tokenizer and base causal LM, frozen weights in the dtype the hardware runs fastest, with the
+    memory-lean RMSNorm and SwiGLU of train/lean_activations.py where the model family has them.
 
     A distillation student with ``distill.student_layers`` set keeps only that many blocks, here, so
     every place that rebuilds a run's base (its baseline, ``tunelab eval``) gets the same student.
@@ -63,6 +65,7 @@ def load_base(config: RunConfig):
     if config.train.packing and config.train.packed_attention == "segments":
         use_segment_attention(model)
     grouped_query_attention_on_cpu(model)
+    use_lean_activations(model)
     return tokenizer, model
 
 
