@@ -88,6 +88,15 @@ def test_comparison_table_without_baseline():
     assert rows["accuracy"] == ["-", "0.9000", "-"]
 
 
+def test_a_teacher_gets_its_own_column():
+    metrics = {**METRICS, "teacher": {"accuracy": 0.91}}
+    rows = _rows(comparison_table(metrics))
+    assert rows["metric"] == ["base", "tuned", "change", "teacher"]
+    assert rows["accuracy"] == ["0.8000", "0.8700", "+0.0700", "0.9100"]
+    assert rows["f1"][-1] == "-"
+    assert markdown_comparison_table(metrics).splitlines()[0] == "| metric | base | tuned | change | teacher |"
+
+
 def test_markdown_comparison_table():
     lines = markdown_comparison_table(METRICS).splitlines()
     assert lines[0] == "| metric | base | tuned | change |"

@@ -74,10 +74,12 @@ def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
     return True
 
 
-def _comparison_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
-    """(metric, base, tuned, change) for every numeric metric on either side, tuned order first."""
+def _comparison_rows(metrics: dict) -> list[tuple[str, ...]]:
+    """(metric, base, tuned, change) for every numeric metric on either side, tuned order first; a
+    distillation run's teacher adds its value as a last column."""
     base = metrics.get("base") or {}
     tuned = metrics.get("tuned") or {}
+    teacher = metrics.get("teacher")
     names = [k for k in tuned if _is_number(tuned[k])]
     names += [k for k in base if _is_number(base[k]) and k not in names]
     rows = []
@@ -89,11 +91,15 @@ def _comparison_rows(metrics: dict) -> list[tuple[str, str, str, str]]:
             f"{b:.4f}" if _is_number(b) else "-",
             f"{t:.4f}" if _is_number(t) else "-",
             f"{t - b:+.4f}" if both else "-",
-        ))
+        ) + ((f"{teacher[name]:.4f}" if _is_number(teacher.get(name)) else "-",) if teacher else ()))
     return rows
 
 
 COLUMNS = ("metric", "base", "tuned", "change")
+
+
+def _columns(metrics: dict) -> tuple[str, ...]:
+    return COLUMNS + (("teacher",) if metrics.get("teacher") else ())
 
 
 def _side_by_side_rows(metrics: dict, arms: list[str]) -> list[tuple[str, ...]]:
@@ -109,7 +115,7 @@ def _side_by_side_rows(metrics: dict, arms: list[str]) -> list[tuple[str, ...]]:
 def comparison_table(metrics: dict, arms: list[str] | None = None) -> str:
     """Base vs tuned as an aligned plain-text table for the terminal; with ``arms``, those arms side by side
     (an ensemble and its members)."""
-    rows = [COLUMNS, *_comparison_rows(metrics)] if arms is None else [("metric", *arms),
+    rows = [_columns(metrics), *_comparison_rows(metrics)] if arms is None else [("metric", *arms),
                                                                        *_side_by_side_rows(metrics, arms)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
@@ -131,7 +137,7 @@ def _markdown_table(header: list[str], rows: list[list], align: str = "") -> str
 
 def markdown_comparison_table(metrics: dict) -> str:
     """Base vs tuned as a Markdown table for ``report.md``."""
-    return _markdown_table(list(COLUMNS), [list(r) for r in _comparison_rows(metrics)])
+    return _markdown_table(list(_columns(metrics)), [list(r) for r in _comparison_rows(metrics)])
 
 
 def _summary_line(metrics: dict, n_examples: int) -> str:

@@ -221,8 +221,6 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
     if teacher is not None:
         args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
         metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, data.eval_task, *args, "teacher")
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["teacher"].items() if isinstance(v, float))
-        print(f"teacher {distill.teacher}: {shown}", flush=True)
 
     # ---- save and report
     return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data.data_summary},
