@@ -183,10 +183,14 @@ def predict_logits(model, tokenizer, features: list[dict], batch_size: int) -> n
     return logits
 
 
+def softmax_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the labels of fp32 logits [examples, labels], as float64."""
+    return torch.softmax(torch.from_numpy(logits), dim=-1).double().numpy()
+
+
 def predict_probabilities(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
     """Softmax probabilities [examples, labels] (float64), batched over texts of similar length."""
-    logits = torch.from_numpy(predict_logits(model, tokenizer, features, batch_size))
-    return torch.softmax(logits, dim=-1).double().numpy()
+    return softmax_probabilities(predict_logits(model, tokenizer, features, batch_size))
 
 
 def mean_loss(probs: np.ndarray, reference_ids: np.ndarray) -> float:

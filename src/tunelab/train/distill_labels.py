@@ -24,7 +24,8 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.train.classify import ClassWeightedLoss, arm_metrics, encode, model_inputs, predict_logits
+from tunelab.train.classify import (ClassWeightedLoss, arm_metrics, encode, model_inputs, predict_logits,
+                                    softmax_probabilities)
 from tunelab.train.distill import soft_kl_sum
 
 
@@ -50,9 +51,9 @@ class LabelTeacher:
     def evaluate(self, records: list[Record], labels: list[str], max_length: int, batch_size: int,
                  sources: list[str] | None = None) -> tuple[dict, list[dict]]:
         """The teacher scored as an arm on ``records``, over the student's labels: metrics and predictions."""
-        probs = torch.softmax(torch.from_numpy(self.logits(records, labels, max_length, batch_size)), dim=-1)
+        probs = softmax_probabilities(self.logits(records, labels, max_length, batch_size))
         reference_ids = np.array([labels.index(r.label) for r in records])
-        return arm_metrics(probs.double().numpy(), reference_ids, labels, sources)
+        return arm_metrics(probs, reference_ids, labels, sources)
 
     def check_labels(self, labels: list[str]) -> None:
         missing = sorted(set(labels) - set(self.labels))
