@@ -119,9 +119,10 @@ class TrainConfig(Section):
         "over the training set). Curricula keep their order every epoch.")
     packed_attention: Literal["mask", "segments"] = Field(
         "mask", description="How packed examples are kept apart. mask: a block-causal mask per row. segments: one "
-        "causal attention call per example, each micro-batch one row (CPU, Llama-family models; on SmolLM2 it "
-        "saved padding but not time, 443 against 458 tokens/s on the benchmark, with 15-25% more peak memory, so it "
-        "is not the default).")
+        "causal attention call per example, each micro-batch one row (CPU, Llama-family models). On the throughput "
+        "benchmark segments paid only on a CPU without AMX and in eager runs (AMD EPYC: 343-346 against 292 "
+        "tokens/s, same peak memory); with compiled layers it was slower (269 against 370 tokens/s on the "
+        "quickstart's data) and on a Xeon with AMX no faster (443 against 458), so it is not the default.")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the decoder layers (fuses the element-wise work around each matmul): "
         "true, false, or auto: on CPU when the run has at least 100 forward passes to pay back the compile time "

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from tunelab.data.pack import collate_packed, pack, to_device
+from tunelab.data.pack import collate_packed, pack, segment_span, to_device
 from tunelab.data.templates import encode_chat
 from tunelab.train.loss import decoder_inputs, reference_loss_sum, selective_loss_sum
 from tunelab.train.segment_attention import supports_segment_attention, use_segment_attention, uses_segment_attention
@@ -27,8 +27,11 @@ def test_one_row_loss_equals_sum_of_examples_alone(tiny_model_dir, tiny_tokenize
     model = _model(tiny_model_dir)
     examples = [encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS]
     batch = collate_packed([examples], tiny_tokenizer.pad_token_id, pad_to_multiple_of=64, segments=True)
-    assert batch["input_ids"].shape[0] == 1 and batch["packed_segments"][0, :len(examples)].tolist() == [
-        len(e.input_ids) for e in examples]
+    spans = [segment_span(len(e.input_ids)) for e in examples]
+    assert batch["input_ids"].shape[0] == 1 and batch["packed_segments"][0, :len(examples)].tolist() == spans
+    starts = [sum(spans[:i]) for i in range(len(examples))]  # each example's tokens open its span
+    assert [batch["input_ids"][0, s:s + len(e.input_ids)].tolist() for s, e in zip(starts, examples)] == [
+        e.input_ids for e in examples]
     with torch.no_grad():
         packed, n_packed = selective_loss_sum(model, batch)
         alone = [reference_loss_sum(model, collate_packed([[e]], tiny_tokenizer.pad_token_id)) for e in examples]
@@ -94,7 +97,7 @@ def test_one_row_plan_puts_each_micro_batch_in_one_row(tiny_tokenizer):
     plan = plan_steps(examples, examples_per_step=8, max_length=24, micro_batch_tokens=96, packing=True,
                       one_row=True)
     assert all(len(rows) == 1 for rows in plan.micro_batches if rows)
-    assert max(sum(len(e.input_ids) for e in rows[0]) for rows in plan.micro_batches if rows) <= 96
+    assert max(sum(segment_span(len(e.input_ids)) for e in rows[0]) for rows in plan.micro_batches if rows) <= 96
     assert sum(len(rows[0]) for rows in plan.micro_batches if rows) == len(examples)
 
 
@@ -123,3 +126,4 @@ def test_a_run_with_segment_attention_trains_like_one_with_masks(tmp_path, tiny_
         losses[kind] = [row["loss"] for row in map(json.loads, log) if "loss" in row]
     assert len(losses["segments"]) == 4
     assert losses["segments"] == pytest.approx(losses["mask"], rel=1e-4)
+

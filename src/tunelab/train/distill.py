@@ -31,7 +31,7 @@ from tunelab.precision import pick_dtype
 from tunelab.train.common import finish_run, fit
 from tunelab.train.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
 from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
-from tunelab.train.segment_attention import use_segment_attention
+from tunelab.train.segment_attention import use_segment_attention, wants_segment_attention
 from tunelab.train.setup import load_base, start_run, with_method
 from tunelab.train.sft import evaluate_base_and_tuned, prepare_answer_data
 from tunelab.train.student import keep_evenly_spaced_blocks
@@ -188,8 +188,7 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
         # Frozen whatever the student's method, so in the dtype of frozen weights (bf16 where fast) even when
         # the student trains in full fp32.
         frozen_dtype = pick_dtype(config.train.precision, method="lora")
-        segments = config.train.packing and config.train.packed_attention == "segments"
-        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype, segments)
+        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype, wants_segment_attention(config))
     else:
         print("distill.alpha=0: the teacher takes no part; the student trains on the answers alone", flush=True)
 

@@ -10,11 +10,13 @@ The attention is registered with transformers under ``NAME``. It is used when a 
 ``packed_segments`` (the example lengths of each row); anything else (evaluation, generation with a
 KV cache) runs transformers' own SDPA attention unchanged.
 
-Opt-in (``train.packed_attention: segments``): on SmolLM2 on a 2-core CPU it saved padding but not
-time (443 against 458 tokens/s on the throughput benchmark; 5% faster in an earlier 8-step probe)
-and took 15-25% more peak memory. CPU flash attention's backward costs about the same per token
-whatever the sequence length, so the shorter per-example calls save little (the cause of the
-extra memory is not pinned down).
+Opt-in (``train.packed_attention: segments``). Measured on the throughput benchmark's tunelab run
+(SmolLM2-135M, LoRA, 2 cores): on an AMD EPYC with AVX512-BF16, where attention is about a third of
+an eager step, 343-346 against 292 tokens/s at the same peak memory (each example takes whole spans
+of 64 positions, see ``SEGMENT_MULTIPLE`` in data/pack.py); on a Xeon with AMX, whose matmuls are
+several times faster, 443 against 458 tokens/s. With compiled decoder layers it is slower (269
+against 370 tokens/s on the quickstart's short sentences): this function is a graph break in every
+layer.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def supports_segment_attention(config) -> bool:
     if layer_types is not None:
         return all(kind == "full_attention" for kind in layer_types)
     return not getattr(config, "sliding_window", None)
+
+
+def wants_segment_attention(config) -> bool:
+    """Whether a run's config asks for segment attention (``train.packed_attention``)."""
+    return config.train.packing and config.train.packed_attention == "segments"
 
 
 def use_segment_attention(model) -> bool:

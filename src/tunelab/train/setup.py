@@ -22,7 +22,8 @@ from tunelab.models import resolve_model
 from tunelab.precision import pick_dtype
 from tunelab.train.lean_activations import use_lean_activations
 from tunelab.train.methods import apply_method, parameter_counts, quantization_config
-from tunelab.train.segment_attention import grouped_query_attention_on_cpu, use_segment_attention
+from tunelab.train.segment_attention import (grouped_query_attention_on_cpu, use_segment_attention,
+                                             wants_segment_attention)
 from tunelab.train.student import keep_evenly_spaced_blocks
 
 
@@ -62,7 +63,7 @@ def load_base(config: RunConfig):
                                                  quantization_config=quantization)
     if config.task == "distill" and config.distill.student_layers:
         model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
-    if config.train.packing and config.train.packed_attention == "segments":
+    if wants_segment_attention(config):
         use_segment_attention(model)
     grouped_query_attention_on_cpu(model)
     use_lean_activations(model)
