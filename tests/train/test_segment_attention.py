@@ -126,4 +126,3 @@ def test_a_run_with_segment_attention_trains_like_one_with_masks(tmp_path, tiny_
         losses[kind] = [row["loss"] for row in map(json.loads, log) if "loss" in row]
     assert len(losses["segments"]) == 4
     assert losses["segments"] == pytest.approx(losses["mask"], rel=1e-4)
-

@@ -34,8 +34,8 @@ def pack(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
 # after its tokens, attended only by itself), so that the per-example attention calls come in few
 # sizes. With every example's exact length, the CPU kernels' buffers came in as many sizes, which
 # glibc's heap could not reuse: on the throughput benchmark (AMD EPYC, AVX512-BF16) resident memory
-# grew about 850 MB between heap releases, 3231-3264 MB peak against 2543 MB with spans of 64; 16
-# gave 2781 MB. Tokens/s: 333 with 64, 362 with 16, 296 with the block mask.
+# grew about 850 MB between heap releases, 3231-3264 MB peak against 2529-2564 MB with spans of 64
+# (the block mask: 2560 MB). Spans of 16 padded less but peaked at 2781 MB.
 SEGMENT_MULTIPLE = 64
 
 
@@ -84,7 +84,7 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
             segment[b, offset:offset + n] = s
             offset += segment_span(n, multiple)
     if segments:
-        lengths = [[segment_span(len(e.input_ids)) for e in row] for row in rows]
+        lengths = [[segment_span(len(e.input_ids), multiple) for e in row] for row in rows]
         lengths = [row + [width - sum(row)] for row in lengths]  # padding attends to itself, harmlessly
         packed = torch.zeros((batch, max(map(len, lengths))), dtype=torch.long)
         for b, row in enumerate(lengths):

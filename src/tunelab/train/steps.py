@@ -40,13 +40,18 @@ def _length(example: Encoded) -> int:
     return len(example.input_ids)
 
 
+def _positions(example: Encoded, multiple: int) -> int:
+    """Row positions the example takes: its length, rounded up to whole spans for segment attention."""
+    return segment_span(_length(example), multiple)
+
+
 def pack_rows(examples: list[Encoded], max_length: int, multiple: int = 1) -> list[list[Encoded]]:
     """First-fit decreasing: each example goes into the first row it fits, longest examples first.
     An example takes ``segment_span(length, multiple)`` positions of its row."""
     rows: list[list[Encoded]] = []
     used: list[int] = []
     for example in sorted(examples, key=_length, reverse=True):
-        n = segment_span(_length(example), multiple)
+        n = _positions(example, multiple)
         for r, total in enumerate(used):
             if total + n <= max_length:
                 rows[r].append(example)
@@ -65,7 +70,7 @@ def _spread(examples: list[Encoded], bins: int, multiple: int) -> list[list[Enco
     for example in sorted(examples, key=_length, reverse=True):
         k = loads.index(min(loads))
         groups[k].append(example)
-        loads[k] += segment_span(_length(example), multiple)
+        loads[k] += _positions(example, multiple)
     return groups
 
 
@@ -74,7 +79,7 @@ def _fits(group: list[Encoded], capacity: int, max_length: int, packing: bool, m
     if not group:
         return True
     rows = pack_rows(group, max_length, multiple) if packing else [[e] for e in group]
-    width = max(sum(segment_span(_length(e), multiple) for e in row) for row in rows)
+    width = max(sum(_positions(e, multiple) for e in row) for row in rows)
     return len(rows) * width <= capacity
 
 
@@ -90,7 +95,7 @@ def plan_steps(examples: list[Encoded], examples_per_step: int, max_length: int,
     capacity = max(micro_batch_tokens, segment_span(max_length, multiple))
     row_length = capacity if one_row else max_length
     steps = [examples[i:i + examples_per_step] for i in range(0, len(examples), examples_per_step)]
-    per_step = max(1, max(-(-sum(segment_span(_length(e), multiple) for e in step) // capacity) for step in steps))
+    per_step = max(1, max(-(-sum(_positions(e, multiple) for e in step) // capacity) for step in steps))
     while True:
         spread = [_spread(step, per_step, multiple) for step in steps]
         if all(_fits(group, capacity, row_length, packing, multiple) for groups in spread for group in groups):
