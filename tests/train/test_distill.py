@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tunelab.cli import main
 from tunelab.config import load_config
-from tunelab.data.pack import SEGMENT_MULTIPLE, collate_packed, collate_padded, pack, segment_span
+from tunelab.data.pack import collate_packed, collate_padded, pack
 from tunelab.data.templates import encode_chat
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.train.distill import DistillationLoss, kd_positions, load_teacher, run_distill
@@ -100,27 +100,26 @@ def test_loss_equals_full_logits_reference(tiny_model_dir, teacher_dir, tiny_tok
         assert self_taught.item() == pytest.approx((1 - alpha) * ce.item(), abs=1e-4)
 
 
-def in_example_positions(rows, width, multiple=1):
-    """[rows, width - 1] next-token positions t with t and t + 1 in one example, from the packing itself
-    (each example starting a span of ``multiple`` positions, as segment attention lays them out)."""
+def in_example_positions(rows, width):
+    """[rows, width - 1] next-token positions t with t and t + 1 in one example, from the packing itself."""
     keep = torch.zeros((len(rows), width - 1), dtype=torch.bool)
     for b, row in enumerate(rows):
         offset = 0
         for example in row:
             n = len(example.input_ids)
             keep[b, offset:offset + n - 1] = True
-            offset += segment_span(n, multiple)
+            offset += n
     return keep
 
 
 def test_all_positions_stay_inside_each_example(tiny_tokenizer):
     rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
     examples = [e for row in rows for e in row]
-    for batch, multiple in ((collate_packed(rows, tiny_tokenizer.pad_token_id, pad_to_multiple_of=64), 1),
-                            (collate_packed(rows, tiny_tokenizer.pad_token_id, segments=True), SEGMENT_MULTIPLE)):
+    for batch in (collate_packed(rows, tiny_tokenizer.pad_token_id, pad_to_multiple_of=64),
+                  collate_packed(rows, tiny_tokenizer.pad_token_id, segments=True)):
         keep = kd_positions(batch)
         width = batch["input_ids"].shape[1]
-        assert torch.equal(keep, in_example_positions(rows, width, multiple))
+        assert torch.equal(keep, in_example_positions(rows, width))
         assert int(keep.sum()) == sum(len(e.input_ids) - 1 for e in examples)  # n - 1 targets per example
         answers = batch["labels"][:, 1:] != -100
         assert not (answers & ~keep).any() and int(keep.sum()) > 3 * int(answers.sum())  # prompts count too

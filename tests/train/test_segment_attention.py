@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from tunelab.data.pack import collate_packed, pack, segment_span, to_device
+from tunelab.data.pack import collate_packed, pack, to_device
 from tunelab.data.templates import encode_chat
 from tunelab.train.loss import decoder_inputs, reference_loss_sum, selective_loss_sum
-from tunelab.train.segment_attention import supports_segment_attention, use_segment_attention, uses_segment_attention
+from tunelab.train import segment_attention
+from tunelab.train.segment_attention import (SegmentAttention, supports_segment_attention, use_segment_attention,
+                                             uses_segment_attention)
 from tunelab.train.steps import plan_steps
 
 DIALOGS = [
@@ -27,11 +30,9 @@ def test_one_row_loss_equals_sum_of_examples_alone(tiny_model_dir, tiny_tokenize
     model = _model(tiny_model_dir)
     examples = [encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS]
     batch = collate_packed([examples], tiny_tokenizer.pad_token_id, pad_to_multiple_of=64, segments=True)
-    spans = [segment_span(len(e.input_ids)) for e in examples]
-    assert batch["input_ids"].shape[0] == 1 and batch["packed_segments"][0, :len(examples)].tolist() == spans
-    starts = [sum(spans[:i]) for i in range(len(examples))]  # each example's tokens open its span
-    assert [batch["input_ids"][0, s:s + len(e.input_ids)].tolist() for s, e in zip(starts, examples)] == [
-        e.input_ids for e in examples]
+    lengths = [len(e.input_ids) for e in examples]
+    assert batch["input_ids"].shape[0] == 1 and batch["packed_segments"][0, :len(examples)].tolist() == lengths
+    assert batch["input_ids"][0, :sum(lengths)].tolist() == [t for e in examples for t in e.input_ids]
     with torch.no_grad():
         packed, n_packed = selective_loss_sum(model, batch)
         alone = [reference_loss_sum(model, collate_packed([[e]], tiny_tokenizer.pad_token_id)) for e in examples]
@@ -54,6 +55,35 @@ def test_segment_and_block_mask_paths_give_the_same_gradients(tiny_model_dir, ti
         grads.append(model.model.layers[0].self_attn.k_proj.weight.grad.clone())
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("lengths,block_scores", [
+    ([77, 130, 5, 64], None),  # lengths off the padding multiple, one with a single token
+    ([700, 33], None),  # longer than probabilities are kept for: recomputed in the backward pass
+    ([300, 140], 64 * 128),  # several blocks of queries per example
+])
+@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
+def test_kernel_matches_causal_sdpa_on_each_example(monkeypatch, lengths, block_scores, heads, kv_heads):
+    if block_scores:
+        monkeypatch.setattr(segment_attention, "BLOCK_SCORES", block_scores)
+    torch.manual_seed(0)
+    dim, total = 16, sum(lengths)
+    q = torch.randn(1, heads, total, dim, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(1, kv_heads, total, dim, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weights = torch.randn(1, total, heads, dim, dtype=torch.float64)
+    out = SegmentAttention.apply(q, k, v, [lengths], 0.3)
+    grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
+    pieces, start = [], 0
+    for n in lengths:
+        span = slice(start, start + n)
+        pieces.append(F.scaled_dot_product_attention(q[:, :, span], k[:, :, span], v[:, :, span], is_causal=True,
+                                                     scale=0.3, enable_gqa=True))
+        start += n
+    expected = torch.cat(pieces, dim=2).transpose(1, 2)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
+    assert torch.allclose(out, expected, atol=1e-10)
+    for grad, reference in zip(grads, expected_grads):
+        assert torch.allclose(grad, reference, atol=1e-10)
 
 
 def test_generation_without_segments_runs_plain_sdpa(tiny_model_dir, tiny_tokenizer):
@@ -97,7 +127,7 @@ def test_one_row_plan_puts_each_micro_batch_in_one_row(tiny_tokenizer):
     plan = plan_steps(examples, examples_per_step=8, max_length=24, micro_batch_tokens=96, packing=True,
                       one_row=True)
     assert all(len(rows) == 1 for rows in plan.micro_batches if rows)
-    assert max(sum(segment_span(len(e.input_ids)) for e in rows[0]) for rows in plan.micro_batches if rows) <= 96
+    assert max(sum(len(e.input_ids) for e in rows[0]) for rows in plan.micro_batches if rows) <= 96
     assert sum(len(rows[0]) for rows in plan.micro_batches if rows) == len(examples)
 
 

@@ -4,7 +4,6 @@ import random
 
 import pytest
 
-from tunelab.data.pack import collate_packed, segment_span
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.train.steps import StepSampler, epoch_order, pack_rows, plan_steps, tokens_by_global_step
 
@@ -103,19 +102,3 @@ def test_curriculum_runs_easy_steps_first_and_keeps_the_order_on_resume(tmp_path
             p.add_(torch.randn_like(p))
     again = curriculum_order(model, data, curriculum, tiny_tokenizer.pad_token_id, saved)
     assert [data.index(e) for e in again] == stored["order"]
-
-
-@pytest.mark.parametrize("max_length", [512, 100])
-def test_one_row_plans_count_each_example_at_its_segment_span(max_length):
-    """Segment attention rounds every example up to whole spans: the memory plan counts those positions,
-    so a collated micro-batch never exceeds micro_batch_tokens (or one example's span, if larger)."""
-    rng = random.Random(1)
-    data = examples([rng.randint(5, max_length) for _ in range(40)])
-    plan = plan_steps(data, examples_per_step=8, max_length=max_length, micro_batch_tokens=320, packing=True,
-                      one_row=True)
-    assert sorted(n for mb in plan.micro_batches for n in lengths_of(mb)) == sorted(len(e.input_ids) for e in data)
-    capacity = max(320, segment_span(max_length))
-    for micro_batch in filter(None, plan.micro_batches):
-        assert len(micro_batch) == 1
-        width = collate_packed(micro_batch, pad_token_id=0, segments=True)["input_ids"].shape[1]
-        assert width == sum(segment_span(len(e.input_ids)) for e in micro_batch[0]) <= capacity

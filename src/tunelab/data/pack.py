@@ -30,26 +30,16 @@ def pack(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
     return rows
 
 
-# Segment attention: each example of a row takes a whole number of these positions (its own padding
-# after its tokens, attended only by itself), so that the per-example attention calls come in few
-# sizes. With every example's exact length, the CPU kernels' buffers came in as many sizes, which
-# glibc's heap could not reuse: on the throughput benchmark (AMD EPYC, AVX512-BF16) resident memory
-# grew about 850 MB between heap releases, 3231-3264 MB peak against 2529-2564 MB with spans of 64
-# (the block mask: 2560 MB). Spans of 16 padded less but peaked at 2781 MB.
-SEGMENT_MULTIPLE = 64
-
-
-def segment_span(length: int, multiple: int = SEGMENT_MULTIPLE) -> int:
-    """Positions an example of ``length`` tokens takes in a row for segment attention."""
-    return -(-length // multiple) * multiple
-
-
-def width_multiple(device_type: str) -> int:
+def width_multiple(device_type: str, segments: bool = False) -> int:
     """What batch widths are rounded up to. On CPU, a bounded set of shapes keeps oneDNN's per-shape
     kernel cache small and warm (measured on SmolLM2: resident memory grew about 80 MB per training
     step without rounding); 16 instead of 64 pads 6% fewer tokens on the throughput benchmark, for
-    about 100 MB more peak memory. On GPUs, multiples of 8 suit tensor cores."""
-    return 16 if device_type == "cpu" else 8
+    about 100 MB more peak memory. With segment attention a micro-batch is one row, whose width sets
+    the size of every activation, and those come from glibc's heap (tunelab/memory.py): 64 keeps the
+    sizes few, and pads at most 63 positions per micro-batch. On GPUs, multiples of 8 suit tensor cores."""
+    if device_type != "cpu":
+        return 8
+    return 64 if segments else 16
 
 
 def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple_of: int = 1,
@@ -60,11 +50,9 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
     matmul library builds and caches a kernel per shape). With ``segments`` the batch carries, for
     segment attention (train/segment_attention.py), the example lengths of each row instead of the
     mask (``packed_segments``, [B, S] zero-padded, a row's padding counted as one more example) and
-    a 2D all-ones ``attention_mask`` that tells transformers not to build one; each example then
-    spans ``segment_span`` positions, its tokens first.
+    a 2D all-ones ``attention_mask`` that tells transformers not to build one.
     """
-    multiple = SEGMENT_MULTIPLE if segments else 1
-    width = max(sum(segment_span(len(e.input_ids), multiple) for e in row) for row in rows)
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     batch = len(rows)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
@@ -82,9 +70,9 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
             labels[b, offset:offset + n] = example_labels
             position_ids[b, offset:offset + n] = torch.arange(n)
             segment[b, offset:offset + n] = s
-            offset += segment_span(n, multiple)
+            offset += n
     if segments:
-        lengths = [[segment_span(len(e.input_ids), multiple) for e in row] for row in rows]
+        lengths = [[len(e.input_ids) for e in row] for row in rows]
         lengths = [row + [width - sum(row)] for row in lengths]  # padding attends to itself, harmlessly
         packed = torch.zeros((batch, max(map(len, lengths))), dtype=torch.long)
         for b, row in enumerate(lengths):

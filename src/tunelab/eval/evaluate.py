@@ -159,8 +159,8 @@ def heldout_nll(model, examples: list[Encoded], max_length: int, pad_token_id: i
         rows, collate = [[e] for e in examples], collate_padded
     else:
         rows = pack(examples, max_length)
-        collate = partial(collate_packed, pad_to_multiple_of=width_multiple(device.type),
-                          segments=uses_segment_attention(model))
+        segments = uses_segment_attention(model)
+        collate = partial(collate_packed, pad_to_multiple_of=width_multiple(device.type, segments), segments=segments)
     total, tokens = 0.0, 0
     for batch in tqdm(list(_batches(rows, batch_size)), desc=desc, leave=False):
         tensors = to_device(collate(batch, pad_token_id), device)

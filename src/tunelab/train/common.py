@@ -180,7 +180,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
     segments = packing and uses_segment_attention(model)
     plan = plan_steps(examples, t.batch_size * t.gradient_accumulation, t.max_length, t.micro_batch_tokens, packing,
                       one_row=segments)
-    multiple = width_multiple("cuda" if torch.cuda.is_available() else "cpu")  # where Trainer will train
+    multiple = width_multiple("cuda" if torch.cuda.is_available() else "cpu", segments)  # where Trainer will train
     collate_rows = partial(collate_packed, pad_to_multiple_of=multiple, segments=segments) if packing else collate_padded
     empty = [[Encoded([tokenizer.pad_token_id], [IGNORE_INDEX])]]
 
@@ -219,7 +219,8 @@ def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
     trainer.add_callback(ReleaseMemoryCallback)
-    return_large_blocks_at_once()  # activations go back to the system when freed (tunelab/memory.py)
+    if not uses_segment_attention(trainer.model):
+        return_large_blocks_at_once()  # activations go back to the system when freed (tunelab/memory.py)
     checkpoints = run_dir / "checkpoints"
     checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
     started = time.perf_counter()

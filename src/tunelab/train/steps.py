@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.data.pack import SEGMENT_MULTIPLE, segment_span
 from tunelab.data.templates import Encoded
 
 MicroBatch = list[list[Encoded]]  # rows of packed examples
@@ -40,18 +39,12 @@ def _length(example: Encoded) -> int:
     return len(example.input_ids)
 
 
-def _positions(example: Encoded, multiple: int) -> int:
-    """Row positions the example takes: its length, rounded up to whole spans for segment attention."""
-    return segment_span(_length(example), multiple)
-
-
-def pack_rows(examples: list[Encoded], max_length: int, multiple: int = 1) -> list[list[Encoded]]:
-    """First-fit decreasing: each example goes into the first row it fits, longest examples first.
-    An example takes ``segment_span(length, multiple)`` positions of its row."""
+def pack_rows(examples: list[Encoded], max_length: int) -> list[list[Encoded]]:
+    """First-fit decreasing: each example goes into the first row it fits, longest examples first."""
     rows: list[list[Encoded]] = []
     used: list[int] = []
     for example in sorted(examples, key=_length, reverse=True):
-        n = _positions(example, multiple)
+        n = _length(example)
         for r, total in enumerate(used):
             if total + n <= max_length:
                 rows[r].append(example)
@@ -63,23 +56,23 @@ def pack_rows(examples: list[Encoded], max_length: int, multiple: int = 1) -> li
     return rows
 
 
-def _spread(examples: list[Encoded], bins: int, multiple: int) -> list[list[Encoded]]:
+def _spread(examples: list[Encoded], bins: int) -> list[list[Encoded]]:
     """Longest first, each example into the micro-batch with the fewest tokens so far."""
     groups: list[list[Encoded]] = [[] for _ in range(bins)]
     loads = [0] * bins
     for example in sorted(examples, key=_length, reverse=True):
         k = loads.index(min(loads))
         groups[k].append(example)
-        loads[k] += _positions(example, multiple)
+        loads[k] += _length(example)
     return groups
 
 
-def _fits(group: list[Encoded], capacity: int, max_length: int, packing: bool, multiple: int) -> bool:
+def _fits(group: list[Encoded], capacity: int, max_length: int, packing: bool) -> bool:
     """A micro-batch fits when its rows, padded to the widest, hold at most ``capacity`` tokens."""
     if not group:
         return True
-    rows = pack_rows(group, max_length, multiple) if packing else [[e] for e in group]
-    width = max(sum(_positions(e, multiple) for e in row) for row in rows)
+    rows = pack_rows(group, max_length) if packing else [[e] for e in group]
+    width = max(sum(_length(e) for e in row) for row in rows)
     return len(rows) * width <= capacity
 
 
@@ -88,20 +81,18 @@ def plan_steps(examples: list[Encoded], examples_per_step: int, max_length: int,
     """Group ``examples`` (in the given order) into steps and each step into balanced micro-batches.
 
     Packed rows hold up to ``max_length`` tokens, or with ``one_row`` (segment attention, where row
-    length costs nothing extra) a micro-batch is a single row of up to ``micro_batch_tokens``, each
-    example taking a whole number of ``SEGMENT_MULTIPLE`` positions (data/pack.py).
+    length costs nothing extra) a micro-batch is a single row of up to ``micro_batch_tokens``.
     """
-    multiple = SEGMENT_MULTIPLE if one_row else 1
-    capacity = max(micro_batch_tokens, segment_span(max_length, multiple))
+    capacity = max(micro_batch_tokens, max_length)
     row_length = capacity if one_row else max_length
     steps = [examples[i:i + examples_per_step] for i in range(0, len(examples), examples_per_step)]
-    per_step = max(1, max(-(-sum(_positions(e, multiple) for e in step) // capacity) for step in steps))
+    per_step = max(1, max(-(-sum(map(_length, step)) // capacity) for step in steps))
     while True:
-        spread = [_spread(step, per_step, multiple) for step in steps]
-        if all(_fits(group, capacity, row_length, packing, multiple) for groups in spread for group in groups):
+        spread = [_spread(step, per_step) for step in steps]
+        if all(_fits(group, capacity, row_length, packing) for groups in spread for group in groups):
             break
         per_step += 1
-    micro_batches = [pack_rows(group, row_length, multiple) if packing else [[e] for e in group]
+    micro_batches = [pack_rows(group, row_length) if packing else [[e] for e in group]
                      for groups in spread for group in groups]
     return StepPlan(micro_batches, per_step, [sum(map(_length, step)) for step in steps])
 
