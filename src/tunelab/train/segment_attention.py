@@ -70,6 +70,11 @@ def _sdpa_per_example(query, key, value, lengths: list[list[int]], dropout: floa
 # example recomputes them in its backward pass, block by block.
 KEEP_PROBABILITIES_UP_TO = 8
 BLOCK_SCORES = 1 << 18  # scores per stacked head in one block of queries (512 x 512)
+# Queries per block at most. Blocks above the diagonal are neither computed nor kept, so smaller
+# blocks keep less (for a 448-position example, 256 keeps a quarter less than one block) but run
+# smaller matmuls: one training step of the throughput benchmark took 2.42-2.77 s with blocks of
+# 512, 2.56-2.72 s with 256 and 2.75-2.84 s with 128.
+QUERY_BLOCK = 256
 # Each example is padded to whole spans of this many positions inside the attention, so that its
 # buffers come in few sizes, which glibc's heap reuses. With exact sizes the throughput benchmark's
 # peak resident memory was 3105-3130 MB against 2762-2817 MB.
@@ -81,10 +86,11 @@ class SegmentAttention(torch.autograd.Function):
 
     The query heads that share a key/value head are stacked, so one ``bmm`` per product serves a
     whole group, with no copies of the key/value heads. Scores are rounded to the inputs' dtype as
-    in transformers' eager attention; the softmax computes in fp32 and rounds its output once. Queries go in blocks of at most
-    ``BLOCK_SCORES // n`` positions, and each block multiplies only the keys up to its last query,
-    so a long example never holds its full [n x n] scores. Short examples keep their probabilities
-    for the backward pass (``KEEP_PROBABILITIES_UP_TO``); long ones recompute them.
+    in transformers' eager attention; the softmax computes in fp32 and rounds its output once.
+    Queries go in blocks of at most ``QUERY_BLOCK`` positions (fewer for very long examples:
+    ``BLOCK_SCORES // n``), and each block multiplies only the keys up to its last query, so a long
+    example never holds its full [n x n] scores. Short examples keep their probabilities for the
+    backward pass (``KEEP_PROBABILITIES_UP_TO``); long ones recompute them.
 
     On CPU these matmuls run near the machine's matmul peak, where SDPA's flash kernel reaches a
     fraction of it: forward and backward of eight examples of 98-339 tokens with SmolLM2's heads,
@@ -152,7 +158,7 @@ def _padded(x: torch.Tensor, start: int, n: int) -> torch.Tensor:
 
 def _query_blocks(n: int):
     """[first, end) query positions of each block of an n-position (padded) example."""
-    size = max(PAD_MULTIPLE, BLOCK_SCORES // n // PAD_MULTIPLE * PAD_MULTIPLE)
+    size = max(PAD_MULTIPLE, min(QUERY_BLOCK, BLOCK_SCORES // n) // PAD_MULTIPLE * PAD_MULTIPLE)
     return [(first, min(first + size, n)) for first in range(0, n, size)]
 
 
