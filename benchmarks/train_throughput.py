@@ -348,7 +348,9 @@ def markdown(res: dict) -> str:
         "- batch size: 8 examples per optimizer step for both (A "
         f"{res['steps']['A']} steps, B {res['steps']['B']} steps). TRL pads each batch to its longest example; "
         "tunelab packs a step's examples into micro-batches of at most train.micro_batch_tokens (2048, the default) tokens, "
-        "packed into rows of max_length with a block-causal mask, whose gradients accumulate into the one update.",
+        "whose gradients accumulate into the one update; on CPU each micro-batch is one row whose examples attend "
+        "causally within themselves (train.packed_attention: segments, the default), elsewhere rows of max_length "
+        "with a block-causal mask.",
         "- wall s: the whole process, model load included. B's also includes its built-in evaluation of the "
         "tuned adapter after training (generation on the held-out prompts and held-out loss; "
         "eval.baseline=false); A does no evaluation.",
