@@ -2,7 +2,8 @@
 
 import torch
 
-from tunelab.eval.evaluate import contiguous_head_input, generate
+from tunelab.eval.evaluate import (MIN_SHARED_PREFIX, _prefix_padding_suffix, _shared_prefix, contiguous_head_input,
+                                   generate)
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model_dir, tiny_tokenizer):
@@ -17,6 +18,40 @@ def test_batched_generation_equals_one_at_a_time(tiny_model_dir, tiny_tokenizer)
     batched = generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
     single = [generate(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
     assert batched == single and all(batched)
+
+
+def test_a_shared_prefix_is_prefilled_once_with_the_same_outputs(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight[tiny_tokenizer("\n", add_special_tokens=False)["input_ids"]] = 0
+    instruction = "Classify the following text as one of: negative, positive. Answer with the label only. Text: "
+    prompts = [tiny_tokenizer.apply_chat_template([{"role": "user", "content": instruction + text}], tokenize=False,
+                                                  add_generation_prompt=True)
+               for text in ("great", "the movie was dull and tedious", "a wonderful, moving film", "awful")]
+    ids = tiny_tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert _shared_prefix(ids) >= MIN_SHARED_PREFIX  # the shared path runs
+    calls = []
+    forward = model.forward
+    model.forward = lambda *args, **kwargs: calls.append(kwargs["input_ids"].shape) or forward(*args, **kwargs)
+    batched = generate(model, tiny_tokenizer, prompts, max_new_tokens=6, batch_size=4)
+    assert calls[0] == (1, _shared_prefix(ids))  # the prefix alone, once
+    assert calls[1][1] == max(map(len, ids)) - _shared_prefix(ids)  # then only the prompts' own tokens
+    model.forward = forward
+    single = [generate(model, tiny_tokenizer, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single and all(batched)
+
+
+def test_prefix_padding_suffix_layout():
+    ids = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 3, 7, 8, 6]]
+    assert _shared_prefix(ids) == 0  # three tokens in common: not worth a prefill of their own
+    input_ids, attention = _prefix_padding_suffix(ids, 3, pad=0)
+    assert input_ids.tolist() == [[1, 2, 3, 0, 4, 5], [1, 2, 3, 0, 0, 9], [1, 2, 3, 7, 8, 6]]
+    assert attention.tolist() == [[1, 1, 1, 0, 1, 1], [1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]]
+    long = [[5] * 20 + [1], [5] * 20 + [2, 3], [5] * 20]
+    assert _shared_prefix(long) == 19  # each prompt keeps at least one token of its own
+    assert _shared_prefix([[5] * 30]) == 0  # a single prompt
 
 
 def test_head_sees_a_contiguous_input_inside_the_context(tiny_model_dir):

@@ -14,6 +14,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import DynamicCache, StaticCache
 
 from tunelab.data.pack import collate_packed, collate_padded, pack, to_device, width_multiple
 from tunelab.data.templates import Encoded
@@ -115,7 +116,10 @@ def contiguous_head_input(model):
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 32,
              desc: str = "generating", sampling: dict | None = None,
              max_batch_tokens: int = GENERATION_BATCH_TOKENS) -> list[str]:
-    """Batched generation with left padding and the KV cache; stops at the EOS token.
+    """Batched generation with the KV cache; stops at the EOS token.
+
+    Prompts of a batch are padded on the left, or between a prefix they share and their own tokens,
+    which is then computed once for the batch (``MIN_SHARED_PREFIX``).
 
     A batch holds at most ``batch_size`` prompts and, padded, at most ``max_batch_tokens`` prompt plus
     new tokens, so short prompts go in big batches and long ones in smaller. Greedy, unless
@@ -124,30 +128,80 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, ba
     """
     decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     device = next(model.parameters()).device
-    if device.type == "cpu" and not adds_virtual_tokens(model):
-        # A preallocated KV cache: the growing default cache fragments CPU memory (measured on SmolLM2,
-        # 32 prompts, 64 new tokens: 2.1 GB peak RSS against 1.3 GB, at the same speed). On GPUs a static
-        # cache would switch on torch.compile, so they keep the default.
-        decoding["cache_implementation"] = "static"
+    # A preallocated KV cache on CPU: the growing default cache fragments CPU memory (measured on
+    # SmolLM2, 32 prompts, 64 new tokens: 2.1 GB peak RSS against 1.3 GB, at the same speed). On GPUs
+    # a static cache would switch on torch.compile, so they keep the default.
+    static = device.type == "cpu" and not adds_virtual_tokens(model)
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     batches = token_capped_batches(order, [len(encoded[i]) + max_new_tokens for i in order], batch_size,
                                    max_batch_tokens)
     outputs: list[str] = [""] * len(prompts)
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        with contiguous_head_input(model):
-            for batch in tqdm(batches, desc=desc, leave=False):
-                enc = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-                new = out[:, enc["input_ids"].shape[1]:]
-                for i, ids in zip(batch, new):
-                    outputs[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    finally:
-        tokenizer.padding_side = previous_side
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    settings = {"max_new_tokens": max_new_tokens, **decoding, "pad_token_id": pad,
+                "eos_token_id": tokenizer.eos_token_id}
+    with contiguous_head_input(model):
+        for batch in tqdm(batches, desc=desc, leave=False):
+            ids = [encoded[i] for i in batch]
+            shared = _shared_prefix(ids) if not adds_virtual_tokens(model) else 0
+            input_ids, attention = _prefix_padding_suffix(ids, shared, pad)
+            cache = _prefilled_cache(model, input_ids[:1, :shared].to(device), len(ids),
+                                     input_ids.shape[1] + max_new_tokens, static) if shared else None
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                 **({"past_key_values": cache} if cache is not None else
+                                    {"cache_implementation": "static"} if static else {}), **settings)
+            for i, new in zip(batch, out[:, input_ids.shape[1]:]):
+                outputs[i] = tokenizer.decode(new, skip_special_tokens=True).strip()
     return outputs
+
+
+# Prompts of a batch that begin with this many tokens or more in common (a chat template's system
+# turn, an instruction) share one prefill of those tokens (``_prefilled_cache``). On the throughput
+# benchmark's label prompts (77 tokens, 47 in common), batches of 32 generated 8 tokens 1.7-1.8x
+# faster, with the same outputs in fp32.
+MIN_SHARED_PREFIX = 16
+
+
+def _shared_prefix(ids: list[list[int]]) -> int:
+    """Tokens at the start of every prompt of the batch (leaving each at least one of its own); 0 if
+    too few to pay for a prefill of their own, or a single prompt."""
+    if len(ids) < 2:
+        return 0
+    shared = min(min(map(len, ids)) - 1, next((k for k, column in enumerate(zip(*ids)) if len(set(column)) > 1),
+                                             min(map(len, ids))))
+    return shared if shared >= MIN_SHARED_PREFIX else 0
+
+
+def _prefix_padding_suffix(ids: list[list[int]], shared: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[prefix][padding][rest of the prompt] per row: the shared prefix keeps the same cache slots in
+    every row, the padding (masked out) sits between it and each prompt's own tokens, which end
+    together at the right edge, where generation continues. Position ids follow the mask, so every
+    token keeps the position it has in its unpadded prompt. Without a shared prefix: left padding."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, :shared] = torch.tensor(x[:shared], dtype=torch.long)
+        attention[row, :shared] = 1
+        rest = x[shared:]
+        input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+        attention[row, width - len(rest):] = 1
+    return input_ids, attention
+
+
+def _prefilled_cache(model, prefix: torch.Tensor, rows: int, length: int, static: bool):
+    """A KV cache for ``rows`` prompts holding the shared ``prefix`` ([1, p]), computed once."""
+    single = DynamicCache(config=model.config)
+    model(input_ids=prefix, past_key_values=single, use_cache=True, logits_to_keep=1)
+    if not static:
+        single.batch_repeat_interleave(rows)
+        return single
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    positions = torch.arange(prefix.shape[1], device=prefix.device)
+    for index, layer in enumerate(single.layers):
+        cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index,
+                     {"cache_position": positions})
+    return cache
 
 
 @torch.no_grad()
