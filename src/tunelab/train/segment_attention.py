@@ -103,7 +103,7 @@ class SegmentAttention(torch.autograd.Function):
         kept = []
         for b, start, n in _examples(lengths):
             q, k, v = (_padded(x[b], start, n) for x in (query, key, value))
-            keep = n <= KEEP_PROBABILITIES_UP_TO * q.shape[-1]
+            keep = _keeps_probabilities(n, q.shape[-1])
             o = torch.empty_like(q)
             for first, end in _query_blocks(q.shape[1]):
                 p = _probabilities(_stacked(q, k.shape[0], first, end), k[:, :end], first, scale)
@@ -123,7 +123,7 @@ class SegmentAttention(torch.autograd.Function):
         for b, start, n in _examples(ctx.lengths):
             q, k, v = (_padded(x[b], start, n) for x in (query, key, value))
             do = _padded(grad_out[b].transpose(0, 1), start, n)
-            keep = n <= KEEP_PROBABILITIES_UP_TO * q.shape[-1]
+            keep = _keeps_probabilities(n, q.shape[-1])
             dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
             kv_heads = k.shape[0]
             for first, end in _query_blocks(q.shape[1]):
@@ -136,6 +136,11 @@ class SegmentAttention(torch.autograd.Function):
             for grad, g in ((grad_q, dq), (grad_k, dk), (grad_v, dv)):
                 grad[b, :, start:start + n] = g[:, :n]
         return grad_q, grad_k, grad_v, None, None
+
+
+def _keeps_probabilities(n: int, dim: int) -> bool:
+    """Whether an n-token example keeps its probabilities for the backward pass (``KEEP_PROBABILITIES_UP_TO``)."""
+    return n <= KEEP_PROBABILITIES_UP_TO * dim
 
 
 def _examples(lengths: list[list[int]]):
