@@ -24,7 +24,11 @@ demo: install
 
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
 test: install
-	$(BIN)/python -m pytest -q -m "not bench" tests; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+	$(BIN)/python -m pytest -q tests; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
+
+# The suite without the tests marked slow (those that run the real small model).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 bench: install
 	$(PIP) -e ".[bench]"

@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tunelab.config import load_config  # noqa: E402
 from tunelab.io import atomic_write_json, atomic_write_text  # noqa: E402
 from tunelab.quickstart import EXAMPLE_DATA  # noqa: E402
-from tunelab.train.classify import run_classification  # noqa: E402
+from tunelab.train.classification import run_classification  # noqa: E402
 from tunelab.train.distill import run_distill  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunelab import export
 from tunelab.cli import main
 from tunelab.config import dump_config, load_config
-from tunelab.eval.evaluate import generate
+from tunelab.inference.generate import generate
+from tunelab.runs import export
+from tunelab.runs.folder import RunFolder
 from tunelab.train.sft import run_sft
 
 
@@ -58,7 +59,7 @@ def test_export_loads_without_peft_and_matches_the_adapter_model(lora_run, tiny_
     exported = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     adapter_model = PeftModel.from_pretrained(base, lora_run / "adapter").eval()
-    prompts = [p.text for p in export.golden_prompts(lora_run, export.read_run_config(lora_run), tokenizer)]
+    prompts = [p.text for p in export.golden_prompts(lora_run, RunFolder(lora_run).config(), tokenizer)]
     for text in prompts:
         tuned = last_logprobs(adapter_model, tokenizer, text)
         assert (last_logprobs(exported, tokenizer, text) - tuned).abs().max() < 1e-4
@@ -142,7 +143,7 @@ def test_seq2seq_export_loads_without_peft_and_matches_the_adapter_model(seq2seq
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
 
-    from tunelab.train.seq2seq import generate_targets
+    from tunelab.inference.seq2seq import generate_targets
 
     out = tmp_path / "exported"
     assert main(["export", str(seq2seq_lora_run), "--out", str(out)]) == 0

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tunelab.report import (
+from tunelab.runs.report import (
     comparison_table,
     markdown_comparison_table,
     plot_training_curve,

@@ -16,32 +16,29 @@ from tunelab.errors import TunelabError
 
 
 def cmd_train(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.config import load_config
-    from tunelab.train.classify import run_classification
-    from tunelab.train.distill import run_distill
-    from tunelab.train.pretrain import run_pretrain
-    from tunelab.train.seq2seq import run_seq2seq
-    from tunelab.train.sft import run_sft
+    from tunelab.train.recipes import train
 
-    config = load_config(args.config, args.overrides)
-    recipe = {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification,
-              "seq2seq": run_seq2seq, "distill": run_distill}[config.task]
-    recipe(config, resume=args.resume, overwrite=args.overwrite)
+    train(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_quickstart(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.quickstart import quickstart
 
     quickstart(args.overrides, output_dir=args.output_dir)
 
 
 def cmd_eval(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.eval.cli_eval import evaluate_cli
 
     evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline, ensemble=args.ensemble)
 
 
 def cmd_sweep(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.sweep import run_sweep
 
     run_sweep(args.config, args.overrides, trials=args.trials, storage=args.storage, study_name=args.study,
@@ -49,12 +46,14 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from tunelab.export import export_run
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
+    from tunelab.runs.export import export_run
 
     export_run(args.run_dir, args.out, dtype=args.dtype, max_diff=args.max_diff)
 
 
 def cmd_data_prepare(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.data.filters import FilterSettings
     from tunelab.data.prepare import format_summary, format_timings, prepare_data, read_timings
 
@@ -71,6 +70,7 @@ def cmd_data_prepare(args) -> None:
 
 
 def cmd_data_export(args) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.data.export import check_export, format_check, write_export
 
     check = check_export(args.file, model_limit=args.model_limit, system_prompt=args.system_prompt,
@@ -93,13 +93,15 @@ SYNTH_OPTIONS = {  # flag -> SynthConfig field; help and defaults come from the 
 
 
 def cmd_data_synth(args) -> None:
-    from tunelab.data.synth import format_summary, synth_config, synthesize
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
+    from tunelab.generate.synth import format_summary, synth_config, synthesize
 
     config = synth_config(**{field: getattr(args, field) for field, _ in SYNTH_OPTIONS.values()})
     print(format_summary(synthesize(args.docs, args.out, config, golden=args.golden)))
 
 
 def add_synth_parser(data) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.config import SynthConfig
 
     p = data.add_parser("synth", help="write grounded question/answer or instruction pairs from a folder of documents")
@@ -129,13 +131,15 @@ AUGMENT_OPTIONS = {  # flag -> AugmentConfig field; help and defaults come from 
 
 
 def cmd_data_augment(args) -> None:
-    from tunelab.data.augment import augment_config, augment_file, format_summary
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
+    from tunelab.generate.augment import augment_config, augment_file, format_summary
 
     config = augment_config(**{field: getattr(args, field) for field, _ in AUGMENT_OPTIONS.values()})
     print(format_summary(augment_file(args.file, args.out, config)))
 
 
 def add_augment_parser(data) -> None:
+    # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.config import AugmentConfig
 
     p = data.add_parser("augment", help="add paraphrased and word-edited copies of each row's input, linked to "

@@ -6,17 +6,56 @@ a default.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.data.templates import DEFAULT_LABEL_PROMPT
 from tunelab.errors import ConfigError
+
+DEFAULT_LABEL_PROMPT = ("Classify the following text as one of: {choices}. Answer with the label only.\n\n"
+                        "Text: {text}")
 
 Task = Literal["sft", "pretrain", "classification", "seq2seq", "distill"]
 Method = Literal["lora", "dora", "rslora", "qlora", "ia3", "prefix", "prompt", "freeze", "full"]
+
+
+ALL_METHODS = ("lora", "dora", "rslora", "qlora", "ia3", "prefix", "prompt", "freeze", "full")
+
+
+@dataclass(frozen=True)
+class TaskSupport:
+    """What one task's recipe does with the settings every task's config accepts.
+
+    ``settings`` are the shared settings the recipe acts on; a setting outside them that a config sets
+    to anything but its default is refused with the config's other problems, never silently ignored.
+    """
+
+    packs: bool  # several examples per row, block-causal (sft, pretrain, distill)
+    methods: tuple[str, ...]
+    settings: frozenset[str]
+
+
+# Shared settings that only some recipes act on (every other setting applies to every task).
+TASK_SETTINGS = ("train.early_stopping", "train.curriculum", "data.mix", "train.packing", "train.packed_attention",
+                 "train.compile", "eval.forgetting_text", "classification.class_weights", "distill.teacher",
+                 "distill.student_layers", "distill.alpha", "distill.temperature", "distill.positions")
+_PACKED = frozenset({"train.early_stopping", "train.curriculum", "data.mix", "train.packing",
+                     "train.packed_attention", "train.compile"})
+_TEACHER = frozenset({"distill.teacher", "distill.student_layers", "distill.alpha", "distill.temperature"})
+# The one table of tasks: the recipe functions that run them are listed in tunelab/train/recipes.py.
+TASKS: dict[str, TaskSupport] = {
+    "sft": TaskSupport(True, ALL_METHODS, _PACKED),
+    "pretrain": TaskSupport(True, ALL_METHODS, _PACKED | {"eval.forgetting_text"}),
+    "distill": TaskSupport(True, ALL_METHODS, _PACKED | _TEACHER | {"distill.positions"}),
+    "classification": TaskSupport(False, ("full", "lora", "dora", "rslora"),
+                                  frozenset({"train.early_stopping", "data.mix", "classification.class_weights"})
+                                  | _TEACHER),
+    "seq2seq": TaskSupport(False, ALL_METHODS, frozenset({"train.early_stopping", "data.mix"})),
+}
 
 
 class Section(BaseModel):
@@ -415,10 +454,6 @@ class RunConfig(Section):
         if self.task == "distill" and not self.distill.teacher:
             raise ValueError("task distill needs distill.teacher (a model folder, Hugging Face id, embedded name "
                              "or tunelab run folder whose vocabulary the student shares)")
-        used = [f"distill.{key}" for key in ("teacher", "student_layers") if getattr(self.distill, key)]
-        if used and self.task not in ("distill", "classification"):
-            raise ValueError(f"{' and '.join(used)} apply to task distill or classification only, not task "
-                             f"{self.task}")
         return self
 
     @model_validator(mode="after")
@@ -438,6 +473,41 @@ class RunConfig(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
+
+
+def setting_value(config: BaseModel, key: str):
+    """The value at a dotted key such as train.curriculum."""
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def setting_default(key: str):
+    section, name = key.split(".")
+    return RunConfig.model_fields[section].annotation.model_fields[name].get_default(call_default_factory=True)
+
+
+def task_problems(config: RunConfig) -> list[str]:
+    """Settings the chosen task would ignore, and methods it cannot train, one line each."""
+    support = TASKS[config.task]
+    problems = []
+    if config.method not in support.methods:
+        problems.append(f"method: task {config.task} supports method {', '.join(support.methods)}; got {config.method}")
+    for key in TASK_SETTINGS:
+        if key in support.settings or setting_value(config, key) == setting_default(key):
+            continue
+        tasks = [task for task, other in TASKS.items() if key in other.settings]
+        problems.append(f"{key}: set for task {config.task}, but settings of this kind apply to task "
+                        f"{' or '.join(tasks)} only; remove it or choose "
+                        f"{'that task' if len(tasks) == 1 else 'one of those tasks'}")
+    if config.task == "classification":
+        data = config.data
+        if not (data.test or data.val or data.test_fraction or data.val_fraction
+                or any(source.test or source.val for source in data.mix or [])):
+            problems.append("data.test: classification needs test (or val) rows to evaluate on; set data.test or "
+                            "data.test_fraction above 0")
+    return problems
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
@@ -499,8 +569,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), require_trai
     config = None
     try:
         config = RunConfig.model_validate(data)
+        problems.extend(task_problems(config))
     except ValidationError as exc:
         problems.extend(_format_errors(exc))
+        problems.extend(_task_problems_of_the_valid_rest(data, exc))
     data_section = data.get("data") or {}
     if require_train_data and not (data_section.get("train") or data_section.get("mix")):
         problems.append("data.train: required (a training file; set it in the config or as data.train=FILE, "
@@ -508,6 +580,26 @@ def load_config(path: str | Path | None, overrides: list[str] = (), require_trai
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+def _task_problems_of_the_valid_rest(data: dict, exc: ValidationError) -> list[str]:
+    """The task's problems among the settings that did validate, so they are listed with the others."""
+    bad = [tuple(str(part) for part in err["loc"][:2]) for err in exc.errors() if err["loc"]]
+    if any(loc[0] in ("task", "method") for loc in bad):
+        return []
+    rest = copy.deepcopy(data)
+    for loc in bad:  # drop each invalid setting (or a whole section that is not a mapping)
+        section = rest.get(loc[0])
+        if len(loc) == 2 and isinstance(section, dict):
+            section.pop(loc[1], None)
+        else:
+            rest.pop(loc[0], None)
+    try:
+        config = RunConfig.model_validate(rest)
+    except ValidationError:
+        return []
+    invalid = {".".join(loc) for loc in bad}
+    return [p for p in task_problems(config) if p.split(":")[0] not in invalid]
 
 
 def validate_section(section: type[Section], values: dict, source: str) -> Section:

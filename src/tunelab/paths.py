@@ -1,4 +1,4 @@
-"""Where tunelab keeps its own state: registry, audit log, keys and the model cache."""
+"""Where tunelab keeps its own state: a cache of the embedded models it converts once (SmolLM2, GGUF to safetensors)."""
 
 from __future__ import annotations
 
@@ -12,4 +12,5 @@ def tunelab_home() -> Path:
 
 
 def model_cache() -> Path:
+    """``models/`` under the home folder: one folder per converted model."""
     return tunelab_home() / "models"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
-from tunelab.train.sft import run_sft
+from tunelab.train.recipes import train
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "examples" / "movie_sentiment.jsonl"
 
@@ -35,4 +35,4 @@ def quickstart(overrides: list[str], output_dir: str = "runs") -> dict:
     if not EXAMPLE_DATA.exists():
         raise TunelabError(f"bundled example data not found at {EXAMPLE_DATA}; run quickstart from a tunelab checkout")
     config = load_config(None, [f"data.train={EXAMPLE_DATA}", f"output_dir={output_dir}", *QUICKSTART, *overrides])
-    return run_sft(config, overwrite=True)
+    return train(config, overwrite=True)

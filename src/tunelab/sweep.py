@@ -22,14 +22,15 @@ import optuna
 import yaml
 from transformers import TrainerCallback
 
-from tunelab.config import RunConfig, SweepParameter, dump_config, load_config
+from tunelab.config import TASKS, RunConfig, SweepParameter, dump_config, load_config
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.io import atomic_write_text
+from tunelab.train.recipes import train
 
 SWEEP_DB = "sweep.db"
 SUMMARY_FILE = "sweep_summary.md"
 BEST_CONFIG_FILE = "best_config.yaml"
-SWEEP_TASKS = ("sft", "pretrain", "classification", "seq2seq", "distill")
+SWEEP_TASKS = tuple(TASKS)
 # Keys the sweep sets itself: where trials are written, and the sweep section.
 RESERVED_KEYS = ("run_name", "output_dir", "sweep")
 STATE_NAMES = {optuna.trial.TrialState.FAIL: "failed"}  # else the state name in lower case
@@ -154,17 +155,6 @@ class PruningCallback(TrainerCallback):
             raise optuna.TrialPruned(f"loss {loss:.4f} at step {step} is behind the median of earlier trials")
 
 
-def recipe_for(task: str):
-    from tunelab.train.classify import run_classification
-    from tunelab.train.distill import run_distill
-    from tunelab.train.pretrain import run_pretrain
-    from tunelab.train.seq2seq import run_seq2seq
-    from tunelab.train.sft import run_sft
-
-    return {"sft": run_sft, "pretrain": run_pretrain, "classification": run_classification,
-            "seq2seq": run_seq2seq, "distill": run_distill}[task]
-
-
 def config_with(config_path, overrides: list[str], params: dict, output_dir: Path, run_name: str,
                 *extra: str) -> RunConfig:
     """The sweep's config with a trial's values, written to ``output_dir/run_name``."""
@@ -214,7 +204,6 @@ def run_sweep(config_path, overrides: list[str] = (), trials: int | None = None,
     sweep_dir = config.run_dir
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial is printed instead
     study = open_study(config, storage, study_name, sweep_dir)
-    recipe = recipe_for(config.task)
 
     def objective(trial: optuna.Trial) -> float:
         params = {key: suggest(trial, key, param) for key, param in sweep.space.items()}
@@ -225,7 +214,7 @@ def run_sweep(config_path, overrides: list[str] = (), trials: int | None = None,
         try:
             # Trials skip the base arm: it is the same model on the same examples in every trial.
             trial_cfg = config_with(config_path, overrides, params, sweep_dir, run_dir.name, "eval.baseline=false")
-            metrics = recipe(trial_cfg, callbacks=callbacks)
+            metrics = train(trial_cfg, callbacks=callbacks)
             return metric_value(metrics, sweep.metric)
         except optuna.TrialPruned:
             raise

@@ -15,7 +15,12 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.config import DataConfig
-from tunelab.data.augment import (
+from tunelab.data.dataset import load_splits
+from tunelab.data.formats import read_records
+from tunelab.data.records import Record
+from tunelab.data.split import HELD_OUT_COPY, is_augmented, origin, row_hash, split_records
+from tunelab.errors import TunelabError
+from tunelab.generate.augment import (
     augment_config,
     augment_file,
     augment_records,
@@ -23,11 +28,6 @@ from tunelab.data.augment import (
     paraphrase_problem,
     swap_words,
 )
-from tunelab.data.dataset import load_splits
-from tunelab.data.formats import read_records
-from tunelab.data.records import Record
-from tunelab.data.split import HELD_OUT_COPY, is_augmented, origin, row_hash, split_records
-from tunelab.errors import TunelabError
 
 SENTENCE = "one two three four five six seven eight nine ten"
 PARAPHRASE_REASONS = ("empty paraphrase", "paraphrase identical to the source",

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.data.dedup_oracle import NearDuplicateIndex, cross_split_leaks
 from tunelab.cli import main
-from tunelab.data.dedup import NearDuplicateIndex, cross_split_leaks, shingles
+from tunelab.data.dedup import shingles
 from tunelab.data.prepare import format_summary, prepare_data
 from tunelab.errors import TunelabError
 

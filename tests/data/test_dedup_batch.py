@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
+from tests.data.dedup_oracle import NearDuplicateIndex
 from tunelab.data.dedup import (
     MINHASH_SEED,
     MinHasher,
-    NearDuplicateIndex,
     SketchFile,
     find_leaks,
     first_near_duplicates,

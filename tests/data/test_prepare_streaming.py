@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.data.dedup_oracle import NearDuplicateIndex
 from tunelab.cli import main
 from tunelab.data import scan
 from tunelab.data.clean import content_text, input_text, normalized
-from tunelab.data.dedup import NearDuplicateIndex
 from tunelab.data.filters import FilterSettings
 from tunelab.data.formats import MAX_RAW_CHARS, read_records
 from tunelab.data.pii import PII_TYPES, redact_record

@@ -14,7 +14,9 @@ import pytest
 from tunelab.cli import main
 from tunelab.data.documents import Document, chunk_document, html_to_text, read_documents
 from tunelab.data.formats import read_records
-from tunelab.data.synth import (
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.generate.generators import ServerGenerator, chat_completions_url
+from tunelab.generate.synth import (
     Pair,
     ParseError,
     SupportChecker,
@@ -25,9 +27,7 @@ from tunelab.data.synth import (
     synthesize,
     verdict,
 )
-from tunelab.embeddings import SentenceEncoder, top_k_similar
-from tunelab.errors import ConfigError, TunelabError
-from tunelab.generators import ServerGenerator, chat_completions_url
+from tunelab.modeling.embeddings import SentenceEncoder, top_k_similar
 
 ESPRESSO = (
     "The Zephyr 3000 espresso machine heats water to 93 degrees Celsius in under forty seconds. "

@@ -72,7 +72,7 @@ def test_block_causal_mask_isolates_examples(tiny_tokenizer):
 def test_packed_loss_equals_sum_of_separate_losses(tiny_model_dir, tiny_tokenizer, attn):
     from transformers import AutoModelForCausalLM
 
-    from tunelab.train.loss import reference_loss_sum, selective_loss_sum
+    from tunelab.modeling.loss import reference_loss_sum, selective_loss_sum
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
     examples = [encode_chat(tiny_tokenizer, CHAT[1:3], 512), encode_chat(tiny_tokenizer, CHAT[3:5], 512),
@@ -89,7 +89,7 @@ def test_padding_to_a_multiple_changes_shapes_not_losses(tiny_tokenizer, tiny_mo
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunelab.train.loss import loss_sum
+    from tunelab.modeling.loss import loss_sum
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     rows = pack([encode_chat(tiny_tokenizer, [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}],

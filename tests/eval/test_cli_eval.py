@@ -6,7 +6,7 @@ import pytest
 
 from tunelab.cli import main
 from tunelab.config import load_config
-from tunelab.train.classify import run_classification
+from tunelab.train.classification import run_classification
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.errors import TunelabError
 from tunelab.eval.cli_eval import evaluate_cli
-from tunelab.eval.ensemble import member_names, mean_labels, shared_labels, vote_labels, vote_text
+from tunelab.eval.ensemble import mean_labels, member_names, shared_labels, vote_labels, vote_text
 from tunelab.train.sft import run_sft
 
 # [members, examples, labels]

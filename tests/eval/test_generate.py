@@ -2,8 +2,13 @@
 
 import torch
 
-from tunelab.eval.evaluate import (MIN_SHARED_PREFIX, _prefix_padding_suffix, _shared_prefix, contiguous_head_input,
-                                   generate)
+from tunelab.inference.generate import (
+    MIN_SHARED_PREFIX,
+    _prefix_padding_suffix,
+    _shared_prefix,
+    contiguous_head_input,
+    generate,
+)
 
 
 def test_batched_generation_equals_one_at_a_time(tiny_model_dir, tiny_tokenizer):
@@ -76,7 +81,7 @@ def test_choice_scores_in_batches_equal_full_logit_scores(tiny_model_dir, tiny_t
     """Scoring keeps logits only from the first choice position on; prompts of different lengths share a batch."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.eval.evaluate import score_choices
+    from tunelab.inference.scoring import score_choices
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     prompts = ["great", "the movie was dull and tedious from start to end", "a wonderful, moving film", "awful"]
@@ -96,7 +101,7 @@ def test_choice_scores_in_batches_equal_full_logit_scores(tiny_model_dir, tiny_t
 
 
 def test_generation_batches_hold_at_most_the_token_budget():
-    from tunelab.eval.evaluate import token_capped_batches
+    from tunelab.inference.generate import token_capped_batches
 
     widths = [600, 500, 300, 300, 300, 100, 100, 100, 100, 100, 90]
     batches = token_capped_batches(list(range(len(widths))), widths, size=4, max_tokens=1000)
@@ -112,7 +117,7 @@ def test_choice_scoring_projects_only_the_choice_positions(tiny_model_dir, tiny_
     contiguous (on a strided slice the CPU bf16 matmul projects every position)."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.eval.evaluate import score_choices
+    from tunelab.inference.scoring import score_choices
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     projected = []

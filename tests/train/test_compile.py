@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunelab.config import load_config
-from tunelab.train.compile import MIN_FORWARD_PASSES, compiled_layers, decoder_layers, should_compile
+from tunelab.modeling.fast.compile import MIN_FORWARD_PASSES, compiled_layers, decoder_layers, should_compile
 from tunelab.train.sft import run_sft
 
 

@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.cli import main
-from tunelab.config import load_config
+from tunelab.config import RunConfig, load_config
 from tunelab.data.pack import collate_packed, collate_padded, pack
 from tunelab.data.templates import encode_chat
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.modeling.fast.segment_attention import use_segment_attention
+from tunelab.modeling.loss import attention_mask_for, selective_loss_sum
+from tunelab.modeling.student import kept_block_indices
 from tunelab.train.distill import DistillationLoss, kd_positions, load_teacher, run_distill
-from tunelab.train.loss import attention_mask_for, selective_loss_sum
-from tunelab.train.segment_attention import use_segment_attention
 from tunelab.train.setup import load_base
 from tunelab.train.sft import run_sft
-from tunelab.train.student import kept_block_indices
 
 DIALOGS = [
     [{"role": "user", "content": f"the movie was {w}"}, {"role": "assistant", "content": label}]
@@ -188,7 +188,7 @@ def test_all_positions_with_segment_attention_matches_the_mask(tiny_model_dir, t
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
-    _, teacher = load_teacher(str(teacher_dir), torch.float32, segments=True)
+    _, teacher = load_teacher(str(teacher_dir), torch.float32, RunConfig())  # packed rows: segments
     rows = pack([encode_chat(tiny_tokenizer, d, 512) for d in DIALOGS], 48)
     loss = DistillationLoss(teacher, 0.5, 2.0, positions="all")
     with torch.no_grad():

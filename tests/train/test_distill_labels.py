@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from tunelab.config import load_config
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.eval.cli_eval import load_model
-from tunelab.train.classify import ClassWeightedLoss, predict_logits, encode, model_inputs, run_classification
+from tunelab.inference.classifier import encode, predict_logits
+from tunelab.modeling.load import model_inputs
+from tunelab.runs.load import load_model
+from tunelab.train.classification import ClassWeightedLoss, run_classification
 from tunelab.train.distill import run_distill
 from tunelab.train.distill_labels import LabelDistillationLoss, load_label_teacher
 

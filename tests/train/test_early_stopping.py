@@ -8,8 +8,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerControl, Tr
 
 from tunelab.config import load_config
 from tunelab.data.dataset import load_splits
+from tunelab.data.templates import label_choices
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.eval.suite import build_eval_task, label_choices
+from tunelab.eval.suite import build_eval_task
 from tunelab.train.early_stopping import EarlyStopping, validation_loss
 from tunelab.train.sft import run_sft
 

@@ -10,8 +10,8 @@ from tunelab.config import BUNDLED_GENERAL_TEXT, load_config
 from tunelab.data.formats import read_records
 from tunelab.data.templates import encode_text
 from tunelab.errors import DataError
-from tunelab.eval.evaluate import heldout_nll
 from tunelab.eval.metrics import perplexity
+from tunelab.inference.scoring import heldout_nll
 from tunelab.train.pretrain import run_pretrain
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tunelab.train.lean_activations import LeanRMSNorm, LeanSwiGLU, use_lean_activations
+from tunelab.modeling.fast.lean_activations import LeanRMSNorm, LeanSwiGLU, use_lean_activations
 
 
 def ids():

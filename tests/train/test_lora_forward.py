@@ -6,8 +6,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from tunelab.train.lora_forward import use_single_rounding
-from tunelab.train.methods import load_adapter
+from tunelab.modeling.fast.lora_forward import use_single_rounding
+from tunelab.modeling.fast import prepare_for_inference
+from tunelab.modeling.methods import load_adapter
 
 
 def tiny_lora(tiny_model_dir, dtype=torch.float32, **lora):
@@ -102,6 +103,7 @@ def test_saved_adapter_loads_with_the_same_forward(tiny_model_dir, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     loaded = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16),
                           tmp_path / "adapter")
+    prepare_for_inference(loaded)  # as load_run() loads every saved adapter
     assert all("forward" in m.__dict__ for m in loaded.modules() if type(m).__name__ == "Linear"
                and hasattr(m, "lora_A"))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -5,7 +5,7 @@ import torch
 
 from tunelab.data.pack import collate_packed, pack
 from tunelab.data.templates import encode_chat
-from tunelab.train.loss import reference_loss_sum, selective_loss_sum
+from tunelab.modeling.loss import reference_loss_sum, selective_loss_sum
 
 DIALOGS = [
     [{"role": "user", "content": f"the movie was {w}"}, {"role": "assistant", "content": label}]

@@ -7,8 +7,8 @@ import torch
 
 from tunelab.data.pack import collate_packed
 from tunelab.data.templates import encode_chat
-from tunelab.train.common import AnswerLossTrainer, micro_batch_plan
-from tunelab.train.loss import loss_sum
+from tunelab.modeling.loss import loss_sum
+from tunelab.train.fit import AnswerLossTrainer, micro_batch_plan
 
 
 @pytest.mark.parametrize("batch,length,budget,expected", [
@@ -48,7 +48,7 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_model_dir, 
 
 
 def test_freed_memory_goes_back_every_few_steps_not_every_step(monkeypatch):
-    from tunelab.train import common
+    from tunelab.train import fit as common
 
     released_at = []
     state = SimpleNamespace(global_step=0)
@@ -64,7 +64,7 @@ def test_freed_memory_goes_back_every_few_steps_not_every_step(monkeypatch):
 
 LARGE_BLOCKS_SCRIPT = """
 import torch
-from tunelab.memory import return_large_blocks_at_once
+from tunelab.modeling.fast.memory import return_large_blocks_at_once
 
 def resident_mb():
     with open("/proc/self/statm") as f:

@@ -12,9 +12,9 @@ from tunelab.config import load_config
 from tunelab.data.pack import collate_packed, collate_padded
 from tunelab.data.templates import encode_chat
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.precision import autocast_like
-from tunelab.train.loss import loss_sum
-from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS, apply_method, parameter_counts
+from tunelab.modeling.loss import loss_sum
+from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS, apply_method, parameter_counts
+from tunelab.modeling.precision import autocast_like
 from tunelab.train.setup import load_base
 from tunelab.train.sft import run_sft
 

@@ -7,10 +7,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
 from tunelab.data.pack import collate_packed, pack, to_device
 from tunelab.data.templates import encode_chat
-from tunelab.train.loss import decoder_inputs, reference_loss_sum, selective_loss_sum
-from tunelab.train import segment_attention
-from tunelab.train.segment_attention import (SegmentAttention, supports_segment_attention, use_segment_attention,
-                                             uses_segment_attention)
+from tunelab.modeling.fast import segment_attention
+from tunelab.modeling.fast.segment_attention import (
+    SegmentAttention,
+    supports_segment_attention,
+    use_segment_attention,
+    uses_segment_attention,
+)
+from tunelab.modeling.loss import decoder_inputs, reference_loss_sum, selective_loss_sum
 from tunelab.train.steps import plan_steps
 
 DIALOGS = [

@@ -11,9 +11,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from tunelab.cli import main
 from tunelab.config import load_config
 from tunelab.data.dataset import load_splits
+from tunelab.data.pairs import Pair, encode_pairs, record_pair
 from tunelab.data.records import Record
-from tunelab.train.seq2seq import (Pair, collator, encode_pairs, heldout_target_nll, record_pair, run_seq2seq,
-                                   target_loss_sum)
+from tunelab.inference.seq2seq import collator, heldout_target_nll, target_loss_sum
+from tunelab.train.seq2seq import run_seq2seq
 
 LABEL_METRICS = {"accuracy", "precision", "recall", "f1", "ece", "confusion_matrix", "loss", "perplexity"}
 TEXT_METRICS = {"exact_match", "f1", "rouge_l", "bleu", "loss", "perplexity"}
@@ -187,7 +188,7 @@ def test_every_method_learns_and_keeps_its_base(tmp_path, tiny_t5_dir, sentiment
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
                     reason='bitsandbytes is not installed (pip install "tunelab[qlora]")')
 def test_qlora_trains_an_adapter_on_a_4bit_t5(tmp_path, tiny_t5_64_dir, sentiment_file):
-    from tunelab.train.seq2seq import load_seq2seq
+    from tunelab.modeling.load import load_seq2seq
 
     config = tiny_config(tmp_path, tiny_t5_64_dir, sentiment_file, "run_name=qlora", "method=qlora",
                          "train.learning_rate=1e-2", "lora.r=4", "lora.target_modules=[q,v]", "train.precision=fp32")

@@ -24,11 +24,6 @@ class Splits:
     quarantined: list[Rejected] = field(default_factory=list)
     mixing: dict = field(default_factory=dict)  # data.mix: the weights and train rows per source before mixing
 
-    @property
-    def labels(self) -> list[str]:
-        """Sorted label set of a labeled dataset (empty otherwise)."""
-        return sorted({r.label for r in self.train + self.val + self.test if r.label is not None})
-
     def summary(self) -> dict:
         out = {"kind": self.kind, "train": len(self.train), "val": len(self.val), "test": len(self.test),
                "quarantined": len(self.quarantined)}

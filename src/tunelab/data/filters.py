@@ -30,6 +30,7 @@ from html.parser import HTMLParser
 
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
+from tunelab.model_files import resolve_model
 
 LANGUAGE_MIN_LETTERS = 40  # below this many letters langid's guess is not trusted
 LANGUAGE_MIN_PROBABILITY = 0.9  # a row goes only when another language is at least this likely
@@ -189,9 +190,7 @@ def _token_counter(model: str | None) -> Callable[[list[str]], int]:
 
 
 def _load_tokenizer(model: str):
-    from transformers import AutoTokenizer
-
-    from tunelab.models import resolve_model
+    from transformers import AutoTokenizer  # start-up time: only --tokenizer needs transformers
 
     folder = resolve_model(model)
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tunelab.io import atomic_write_bytes, atomic_write_text
-from tunelab.report import _cell, _escape, _markdown_table
+from tunelab.tables import cell, escape, markdown_table
 
 SPLIT_NAMES = ("train", "val", "test")
 EXAMPLE_CHARS = 200  # longest/shortest examples are cut to this many characters
@@ -120,11 +120,11 @@ def _intro(summary: dict, counted_with: str) -> str:
 
 def _stage_section(summary: dict) -> list[str]:
     rows = [["read", summary["rows_read"]]]
-    rows += [[f"quarantined: {_escape(reason)}", n] for reason, n in summary["quarantine_reasons"].items()]
+    rows += [[f"quarantined: {escape(reason)}", n] for reason, n in summary["quarantine_reasons"].items()]
     rows += [["quarantined, all reasons", summary["quarantined"]], ["kept", summary["rows_kept"]]]
     rows += [[f"kept in {name}", n] for name, n in summary["splits"].items()]
     note = f"Every quarantined row is in `{summary['quarantine_file']}` with its reason."
-    return [_markdown_table(["stage", "rows"], rows), note]
+    return [markdown_table(["stage", "rows"], rows), note]
 
 
 def _length_section(out: Path, split_lengths: dict[str, array], unit: str, written: set[str]) -> list[str]:
@@ -139,7 +139,7 @@ def _length_section(out: Path, split_lengths: dict[str, array], unit: str, writt
         _plot_histogram(lengths, f"{name}: {len(lengths)} rows", unit, out / figure)
         written.add(figure)
         images.append(f"![{name} token lengths]({figure})")
-    return [_markdown_table(["split", "rows", "min", "median", "mean", "max"], rows), *images]
+    return [markdown_table(["split", "rows", "min", "median", "mean", "max"], rows), *images]
 
 
 def _label_section(out: Path, labels: dict[str, dict[str, int]], written: set[str]) -> list[str]:
@@ -150,10 +150,10 @@ def _label_section(out: Path, labels: dict[str, dict[str, int]], written: set[st
         n = labels[split].get(label, 0)
         return f"{n} ({n / totals[split]:.0%})" if totals[split] else "0"
 
-    rows = [[_escape(label), *(share(split, label) for split in labels)] for label in names]
+    rows = [[escape(label), *(share(split, label) for split in labels)] for label in names]
     _plot_labels(labels, names, out / LABEL_FIGURE)
     written.add(LABEL_FIGURE)
-    return [_markdown_table(["label", *labels], rows), f"![label balance]({LABEL_FIGURE})"]
+    return [markdown_table(["label", *labels], rows), f"![label balance]({LABEL_FIGURE})"]
 
 
 def _duplicate_section(summary: dict) -> list[str]:
@@ -163,17 +163,17 @@ def _duplicate_section(summary: dict) -> list[str]:
              f"{summary['leaks_removed']} val/test rows removed as near duplicates of train rows (leaks)."]
     for number, cluster in enumerate(summary["duplicate_clusters"], 1):
         kept = cluster["kept"]
-        rows = [["kept", _where(kept), "-", _cell(kept["text"])]]
-        rows += [["removed", _where(r), f"{r['similarity']:.2f}", _cell(r["text"])] for r in cluster["removed"]]
+        rows = [["kept", _where(kept), "-", cell(kept["text"])]]
+        rows += [["removed", _where(r), f"{r['similarity']:.2f}", cell(r["text"])] for r in cluster["removed"]]
         more = cluster["removed_total"] - len(cluster["removed"])
         heading = f"**Cluster {number}**: {cluster['removed_total']} removed"
-        table = _markdown_table(["row", "where", "similarity", "text"], rows, align="llrl")
+        table = markdown_table(["row", "where", "similarity", "text"], rows, align="llrl")
         parts.append(f"{heading}\n\n{table}" + (f"\n\nand {more} more removed" if more > 0 else ""))
     return parts
 
 
 def _where(snippet: dict) -> str:
-    return _escape(f"{snippet['source']} line {snippet['line']}")
+    return escape(f"{snippet['source']} line {snippet['line']}")
 
 
 def _pii_section(summary: dict) -> list[str]:
@@ -185,7 +185,7 @@ def _pii_section(summary: dict) -> list[str]:
         return ["No PII found."]
     action = {"report": "found and left in place", "redact": "found and redacted",
               "drop": "found; their rows were quarantined"}[mode]
-    table = _markdown_table(["type", "finds"], [[pii_type, n] for pii_type, n in counts.items()])
+    table = markdown_table(["type", "finds"], [[pii_type, n] for pii_type, n in counts.items()])
     return [f"PII {action} (mode `{mode}`):", table]
 
 
@@ -193,9 +193,9 @@ def _extremes_section(extremes: dict[str, list[Example]], labeled: bool) -> list
     if not extremes["longest"]:
         return ["No rows kept."]
     header = ["", "split", "line", "length", "text", *(["label"] if labeled else [])]
-    rows = [[kind, e.split, e.line, e.tokens, _cell(e.shown, EXAMPLE_CHARS), *([_cell(e.label)] if labeled else [])]
+    rows = [[kind, e.split, e.line, e.tokens, cell(e.shown, EXAMPLE_CHARS), *([cell(e.label)] if labeled else [])]
             for kind, picked in extremes.items() for e in picked]
-    return [_markdown_table(header, rows, align="llrrl" + "l" * labeled)]
+    return [markdown_table(header, rows, align="llrrl" + "l" * labeled)]
 
 
 def _figure():

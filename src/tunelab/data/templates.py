@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunelab.config import DEFAULT_LABEL_PROMPT
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
 
 IGNORE_INDEX = -100
-DEFAULT_LABEL_PROMPT = ("Classify the following text as one of: {choices}. Answer with the label only.\n\n"
-                        "Text: {text}")
+# Chat answers are treated as labels when at most this many distinct ones repeat often enough.
+MAX_LABELS = 20
 
 
 @dataclass
@@ -36,6 +37,30 @@ def record_to_messages(record: Record, label_prompt: str = DEFAULT_LABEL_PROMPT,
         prompt = label_prompt.format(text=record.text, choices=", ".join(choices or []))
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record.label}]
     raise TunelabError("raw-text records have no prompt; use task: pretrain for text data")
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if not system_prompt or messages[0]["role"] == "system":
+        return messages
+    return [{"role": "system", "content": system_prompt}] + messages
+
+
+def to_messages(record: Record, choices, label_prompt: str, system_prompt: str | None) -> list[dict]:
+    """A chat or labeled record as the messages a model trains and is evaluated on."""
+    return with_system_prompt(record_to_messages(record, label_prompt, choices), system_prompt)
+
+
+def label_choices(train: list[Record], kind: str) -> list[str] | None:
+    """The label set, or None when answers are free text."""
+    if kind == "labeled":
+        return sorted({r.label for r in train})
+    if kind != "chat":
+        return None
+    answers = [r.messages[-1]["content"] for r in train if r.messages[-1]["role"] == "assistant"]
+    distinct = set(answers)
+    if len(distinct) <= MAX_LABELS and len(answers) >= 5 * len(distinct):
+        return sorted(distinct)
+    return None
 
 
 def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

@@ -16,10 +16,12 @@ import numpy as np
 
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.eval.evaluate import choice_probabilities, generate, score_choices
-from tunelab.eval.metrics import normalize_answer, text_metrics
-from tunelab.eval.suite import build_eval_task, label_arm
-from tunelab.precision import autocast_like
+from tunelab.eval.metrics import label_arm, normalize_answer, text_metrics
+from tunelab.eval.suite import build_eval_task
+from tunelab.inference.classifier import encode, predict_probabilities
+from tunelab.inference.generate import generate
+from tunelab.inference.scoring import choice_probabilities, score_choices
+from tunelab.modeling.precision import autocast_like
 
 ENSEMBLE = "ensemble"
 METHODS = ("vote", "mean")
@@ -114,8 +116,6 @@ def label_probabilities(loaded, records: list[Record], kind: str, labels: list[s
     own = loaded.labels or labels
     config = loaded.config
     if loaded.classifier:
-        from tunelab.train.classify import encode, predict_probabilities
-
         label2id = {label: i for i, label in enumerate(own)}
         features = encode(loaded.tokenizer, records, label2id, config.train.max_length, loaded.inputs)
         probs = predict_probabilities(loaded.model, loaded.tokenizer, features, config.eval.batch_size)

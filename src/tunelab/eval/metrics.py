@@ -142,3 +142,18 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
         return math.exp(total_nll / total_tokens)
     except OverflowError:
         return math.inf
+
+
+def label_arm(predicted: list[str], confidence: list[float], references: list[str], labels: list[str],
+              ) -> tuple[dict, list[dict]]:
+    """Label metrics and calibration of one model's answers, and its per-example predictions.
+
+    Every label evaluation (a causal LM's scored labels, a classifier's head, an ensemble, a source
+    of a data mix) ends here, so their metrics mean the same thing.
+    """
+    correct = [p == r for p, r in zip(predicted, references)]
+    metrics = label_metrics(references, predicted, labels)
+    metrics["ece"] = expected_calibration_error(confidence, correct)
+    predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
+                   for p, c, conf in zip(predicted, correct, confidence)]
+    return metrics, predictions

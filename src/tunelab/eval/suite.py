@@ -1,21 +1,27 @@
-"""Evaluate one model on a task's held-out examples, the same way for base and tuned models.
+"""Evaluate one model on a task's held-out examples, and the base and the tuned model side by side.
 
 A task is evaluated as labels when its answers come from a small fixed set (text/label data, or
 chat data whose answers repeat), and as free text otherwise. Both arms get the same prompts.
+``evaluate_arms`` is the one base-vs-tuned comparison every model kind goes through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tunelab.data.records import Record
-from tunelab.data.templates import Encoded, encode_chat, encode_text, prompt_text, record_to_messages
-from tunelab.eval.evaluate import choice_probabilities, generate, heldout_nll, score_choices
-from tunelab.eval.metrics import expected_calibration_error, label_metrics, perplexity, text_metrics
+from tunelab.data.templates import Encoded, encode_chat, encode_text, prompt_text, to_messages
+from tunelab.eval.metrics import label_arm, perplexity, text_metrics
+from tunelab.inference.generate import generate
+from tunelab.inference.scoring import choice_probabilities, heldout_nll, score_choices
 from tunelab.memory import release_memory
-from tunelab.precision import autocast_like
+from tunelab.modeling.methods import adds_virtual_tokens
+from tunelab.modeling.precision import autocast_like
 
-MAX_LABELS = 20
+# (model, arm name) -> (metrics, per-example predictions) of one arm
+EvaluateArm = Callable[[object, str], tuple[dict, list[dict]]]
 
 
 @dataclass
@@ -28,29 +34,6 @@ class EvalTask:
     references: list[str]
     choices: list[str] | None
     heldout: list[Encoded]
-
-
-def with_system_prompt(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if not system_prompt or messages[0]["role"] == "system":
-        return messages
-    return [{"role": "system", "content": system_prompt}] + messages
-
-
-def label_choices(train: list[Record], kind: str) -> list[str] | None:
-    """The label set, or None when answers are free text."""
-    if kind == "labeled":
-        return sorted({r.label for r in train})
-    if kind != "chat":
-        return None
-    answers = [r.messages[-1]["content"] for r in train if r.messages[-1]["role"] == "assistant"]
-    distinct = set(answers)
-    if len(distinct) <= MAX_LABELS and len(answers) >= 5 * len(distinct):
-        return sorted(distinct)
-    return None
-
-
-def to_messages(record: Record, choices, label_prompt: str, system_prompt: str | None) -> list[dict]:
-    return with_system_prompt(record_to_messages(record, label_prompt, choices), system_prompt)
 
 
 def build_eval_task(tokenizer, test: list[Record], val: list[Record], kind: str, choices, label_prompt: str,
@@ -72,7 +55,7 @@ def build_eval_task(tokenizer, test: list[Record], val: list[Record], kind: str,
 
 def evaluate_model(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens: int, max_length: int,
                    arm: str) -> tuple[dict, list[dict]]:
-    """Metrics and per-example predictions ({prediction, correct, confidence}) for one model."""
+    """Metrics and per-example predictions ({prediction, correct, confidence}) for one causal LM."""
     release_memory()  # what training or the previous arm freed, so evaluation starts from live memory
     model.eval()
     with autocast_like(model):
@@ -106,17 +89,6 @@ def label_results(scores: list[list[float]], choices: list[str], references: lis
     return label_arm(predicted, [max(p) for p in probs], references, choices)
 
 
-def label_arm(predicted: list[str], confidence: list[float], references: list[str], labels: list[str],
-              ) -> tuple[dict, list[dict]]:
-    """Label metrics and calibration of one arm, and its per-example predictions."""
-    correct = [p == r for p, r in zip(predicted, references)]
-    metrics = label_metrics(references, predicted, labels)
-    metrics["ece"] = expected_calibration_error(confidence, correct)
-    predictions = [{"prediction": p, "correct": c, "confidence": round(conf, 4)}
-                   for p, c, conf in zip(predicted, correct, confidence)]
-    return metrics, predictions
-
-
 def prediction_rows(task: EvalTask, arms: dict[str, list[dict]]) -> list[dict]:
     """Rows for predictions.jsonl: input, reference and each arm's prediction side by side."""
     rows = []
@@ -131,17 +103,39 @@ def prediction_rows(task: EvalTask, arms: dict[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def evaluate_arms(model, tokenizer, task: EvalTask, config, load_base_model) -> tuple[dict, dict]:
-    """Evaluate the base model (adapters disabled, or reloaded) and the tuned model on one task."""
-    args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
+@contextmanager
+def base_model(model, load_base: Callable[[], object] | None) -> Iterator[object]:
+    """The model a tuned ``model`` started from: its adapters disabled, the untouched model under peft's
+    virtual tokens (peft's generate would still add them with adapters disabled), or, for whole-model
+    methods, ``load_base()`` on the tuned model's device."""
+    if adds_virtual_tokens(model):
+        yield model.get_base_model()
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        base = load_base().to(next(model.parameters()).device)
+        yield base
+        del base
+
+
+def evaluate_arms(model, evaluate: EvaluateArm, baseline: bool, load_base: Callable[[], object] | None = None,
+                  ) -> tuple[dict, dict]:
+    """The base model (when ``baseline``) and the tuned ``model``, scored by the same ``evaluate``.
+
+    Returns ({arm: metrics}, {arm: per-example predictions}) for arms "base" and "tuned".
+    """
     metrics, arms = {}, {}
-    if config.eval.baseline:
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                metrics["base"], arms["base"] = evaluate_model(model, tokenizer, task, *args, "base")
-        else:
-            base = load_base_model()
-            metrics["base"], arms["base"] = evaluate_model(base, tokenizer, task, *args, "base")
-            del base
-    metrics["tuned"], arms["tuned"] = evaluate_model(model, tokenizer, task, *args, "tuned")
+    if baseline:
+        with base_model(model, load_base) as base:
+            metrics["base"], arms["base"] = evaluate(base, "base")
+    metrics["tuned"], arms["tuned"] = evaluate(model, "tuned")
     return metrics, arms
+
+
+def causal_lm_arm(tokenizer, task: EvalTask, config) -> EvaluateArm:
+    """``evaluate`` for evaluate_arms: a causal LM scored on ``task`` with the run's eval settings."""
+    def evaluate(model, arm: str) -> tuple[dict, list[dict]]:
+        return evaluate_model(model, tokenizer, task, config.eval.batch_size, config.eval.max_new_tokens,
+                              config.train.max_length, arm)
+    return evaluate

@@ -18,9 +18,11 @@ from tqdm.auto import tqdm
 from tunelab.data.pack import collate_packed, collate_padded, to_device
 from tunelab.data.templates import Encoded
 from tunelab.io import atomic_write_json
-from tunelab.precision import autocast_like
-from tunelab.train.loss import adds_virtual_tokens, loss_sum
-from tunelab.train.segment_attention import uses_segment_attention
+from tunelab.modeling.fast.segment_attention import uses_segment_attention
+from tunelab.modeling.loss import loss_sum
+from tunelab.modeling.methods import adds_virtual_tokens
+from tunelab.modeling.precision import autocast_like
+
 
 @torch.no_grad()
 def example_losses(model, examples: list[Encoded], pad_token_id: int) -> list[float]:

@@ -19,67 +19,58 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import IGNORE_INDEX
 from tunelab.errors import TunelabError
 from tunelab.eval.suite import evaluate_model, prediction_rows
-from tunelab.export import read_run_config
-from tunelab.models import resolve_model
-from tunelab.precision import pick_dtype
-from tunelab.train.common import finish_run, fit
-from tunelab.train.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
-from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
-from tunelab.train.segment_attention import use_segment_attention, wants_segment_attention
-from tunelab.train.setup import load_base, start_run, with_method
+from tunelab.model_files import resolve_model
+from tunelab.modeling.fast import prepare_for_inference
+from tunelab.modeling.load import load_causal_lm, load_tokenizer
+from tunelab.modeling.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
+from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
+from tunelab.modeling.precision import pick_dtype
+from tunelab.runs.folder import RunFolder
+from tunelab.runs.load import load_run
+from tunelab.train.fit import finish_run, fit
+from tunelab.train.setup import start_run, with_method
 from tunelab.train.sft import evaluate_base_and_tuned, prepare_answer_data
-from tunelab.train.student import keep_evenly_spaced_blocks
 
 
-def load_teacher(name: str, dtype: torch.dtype, segments: bool = False):
-    """Tokenizer and frozen eval-mode teacher from a run folder, model folder, hub id or embedded name.
-
-    With ``segments`` the teacher runs segment attention, to read the student's packed batches."""
-    path = Path(name).expanduser()
-    if (path / "config.yaml").is_file():
-        tokenizer, model = _load_run_teacher(path, dtype)
+def load_teacher(name: str, dtype: torch.dtype, config: RunConfig | None = None):
+    """Tokenizer and frozen eval-mode teacher from a run folder, model folder, hub id or embedded name,
+    prepared for inference under the student's ``config`` (so it reads the student's packed batches; None:
+    unpacked batches only)."""
+    if RunFolder.is_run(name):
+        tokenizer, model = _load_run_teacher(Path(name).expanduser(), dtype)
     else:
         folder = resolve_model(name)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
     model.requires_grad_(False)
-    if segments:
-        use_segment_attention(model)  # it reads the student's packed batches
+    prepare_for_inference(model, config)
     return tokenizer, model.eval()
 
 
 def _load_run_teacher(run_dir: Path, dtype: torch.dtype):
     """A finished run as one plain model: full weights, or its adapter merged into its base in fp32."""
-    from peft import PeftModel
-
-    run_config = read_run_config(run_dir)
+    run = RunFolder(run_dir)
+    run_config = run.config()
     if run_config.task not in ("sft", "pretrain", "distill"):
         hint = ("; to distil a classifier, train task: classification with distill.teacher set to it"
                 if run_config.task == "classification" else "")
         raise TunelabError(f"teacher {run_dir} is a task {run_config.task} run; a task distill teacher must be a "
                            f"causal LM (a run of task sft, pretrain or distill){hint}")
-    if (run_dir / "model").is_dir():
-        folder = run_dir / "model"
-        return AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, attn_implementation="sdpa")
-    if not (run_dir / "adapter").is_dir():
-        raise TunelabError(f"teacher run folder {run_dir} has no adapter/ or model/; did the run finish?")
+    if run.weights_dir.name == "model":
+        return load_tokenizer(run.weights_dir), AutoModelForCausalLM.from_pretrained(
+            run.weights_dir, dtype=dtype, attn_implementation="sdpa")
     if run_config.method in VIRTUAL_TOKEN_METHODS:
         raise TunelabError(f"teacher {run_dir} was trained with method {run_config.method}, whose virtual tokens "
                            f"cannot be merged into a plain model; use a run of another method as teacher")
     # Merged in fp32 and rounded once afterwards: a small adapter delta is often below bf16's spacing.
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(run_config.model), dtype=torch.float32,
-                                                attn_implementation="sdpa")
-    if run_config.task == "distill" and run_config.distill.student_layers:
-        base = keep_evenly_spaced_blocks(base, run_config.distill.student_layers, run_config.model)
-    merged = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
-    return AutoTokenizer.from_pretrained(run_dir / "adapter"), merged.to(dtype)
+    loaded = load_run(run_dir, for_merging=True)
+    return loaded.tokenizer, loaded.model.merge_and_unload().to(dtype)
 
 
 def check_shared_vocabulary(student_tokenizer, teacher_tokenizer, student: str, teacher: str) -> None:
@@ -188,12 +179,12 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
         # Frozen whatever the student's method, so in the dtype of frozen weights (bf16 where fast) even when
         # the student trains in full fp32.
         frozen_dtype = pick_dtype(config.train.precision, method="lora")
-        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype, wants_segment_attention(config))
+        teacher_tokenizer, teacher = load_teacher(distill.teacher, frozen_dtype, config)
     else:
         print("distill.alpha=0: the teacher takes no part; the student trains on the answers alone", flush=True)
 
     def load_student(config: RunConfig, splits):
-        tokenizer, student = load_base(config)
+        tokenizer, student = load_causal_lm(config)
         if teacher_tokenizer is not None:
             check_shared_vocabulary(tokenizer, teacher_tokenizer, config.model, distill.teacher)
         return tokenizer, student
@@ -205,7 +196,7 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
     loss = DistillationLoss(teacher, distill.alpha, distill.temperature, distill.positions)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, data.examples, config, run.run_dir, resume,
+    train_metrics = fit(model, tokenizer, data.examples, config, run.folder, resume,
                         [*callbacks, data.stopper] if data.stopper else callbacks, loss_fn=loss)
     if data.stopper:
         train_metrics |= data.stopper.summary()
@@ -216,11 +207,12 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
         train_metrics["teacher_params"] = parameter_counts(teacher)["total_params"]
 
     # ---- evaluate: base student, tuned student and the teacher, same prompts, same examples
-    metrics, arms = evaluate_base_and_tuned(model, tokenizer, data, config, run.splits.mixing)
+    metrics, arms = evaluate_base_and_tuned(model, tokenizer, data.eval_task, data.test, data.val or data.test,
+                                            config, run.splits.mixing)
     if teacher is not None:
         args = (config.eval.batch_size, config.eval.max_new_tokens, config.train.max_length)
         metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, data.eval_task, *args, "teacher")
 
     # ---- save and report
-    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data.data_summary},
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary},
                       prediction_rows(data.eval_task, arms))

@@ -15,17 +15,23 @@ so its logits on the training texts are computed once before training and travel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from tunelab.config import RunConfig
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.train.classify import (ClassWeightedLoss, arm_metrics, encode, model_inputs, predict_logits,
-                                    softmax_probabilities)
+from tunelab.eval.classifier import arm_metrics
+from tunelab.inference.classifier import encode, predict_logits, softmax_probabilities
+from tunelab.model_files import resolve_model
+from tunelab.modeling.load import load_tokenizer, model_inputs
+from tunelab.runs.folder import RunFolder
+from tunelab.runs.load import load_run
 from tunelab.train.distill import soft_kl_sum
 
 
@@ -68,13 +74,8 @@ def distills_labels(config: RunConfig) -> bool:
 
 def load_label_teacher(name: str) -> LabelTeacher:
     """A frozen, eval-mode classifier: a classification run folder, or a sequence-classification model."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunelab.eval.cli_eval import load_model
-    from tunelab.models import resolve_model
-
-    if (Path(name).expanduser() / "config.yaml").is_file():
-        loaded = load_model(str(Path(name).expanduser()))
+    if RunFolder.is_run(name):
+        loaded = load_run(Path(name).expanduser())
         if not loaded.classifier:
             raise TunelabError(f"teacher {name} is a task {loaded.config.task} run; a classification student needs "
                                f"a classifier as teacher (a run of task classification)")
@@ -85,11 +86,9 @@ def load_label_teacher(name: str) -> LabelTeacher:
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise TunelabError(f"teacher {name} is not a sequence classifier ({', '.join(architectures) or 'no head'}); "
                                f"use a classification run folder or a model with a classification head")
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
     return LabelTeacher(name, tokenizer, model.eval(), list(labels), model_inputs(model))
 
@@ -102,7 +101,7 @@ def with_teacher_logits(features: list[dict], teacher_logits: np.ndarray) -> lis
 class LabelDistillationLoss:
     """``loss_fn`` for ClassifierTrainer: summed alpha * T^2 * KL + (1 - alpha) * class-weighted CE."""
 
-    def __init__(self, alpha: float, temperature: float, hard: ClassWeightedLoss):
+    def __init__(self, alpha: float, temperature: float, hard: Callable[[torch.Tensor, dict], torch.Tensor]):
         self.alpha, self.temperature, self.hard = alpha, temperature, hard
 
     def __call__(self, logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:

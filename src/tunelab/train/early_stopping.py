@@ -24,9 +24,10 @@ from transformers import TrainerCallback
 from tunelab.config import EarlyStoppingConfig, RunConfig
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
-from tunelab.eval.evaluate import heldout_nll
-from tunelab.precision import autocast_like
-from tunelab.train.common import JsonlLogCallback
+from tunelab.inference.scoring import heldout_nll
+from tunelab.modeling.precision import autocast_like
+from tunelab.runs.folder import RunFolder
+from tunelab.train.fit import JsonlLogCallback
 
 
 def validation_loss(model, examples: list[Encoded], max_length: int, pad_token_id: int, batch_size: int) -> float:
@@ -72,7 +73,7 @@ class EarlyStopping(TrainerCallback):
             loss_fn = partial(validation_loss, max_length=config.train.max_length, pad_token_id=pad_token_id,
                               batch_size=max(1, config.eval.batch_size // 4))
         return cls(config.train.early_stopping, lambda model: loss_fn(model, val_examples),
-                   run_dir / "train_log.jsonl")
+                   RunFolder(run_dir).train_log_path)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.settings.eval_steps:

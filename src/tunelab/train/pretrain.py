@@ -11,12 +11,12 @@ import random
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import encode_text
-from tunelab.eval.by_source import add_metrics_by_source
 from tunelab.eval.forgetting import ForgettingCheck
-from tunelab.eval.suite import build_eval_task, evaluate_arms
-from tunelab.train.common import finish_run, fit
+from tunelab.eval.suite import build_eval_task
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.setup import cap_examples, load_base, start_run, with_method, write_data_summary
+from tunelab.train.fit import finish_run, fit
+from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
+from tunelab.train.sft import evaluate_base_and_tuned
 
 
 def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
@@ -26,7 +26,7 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     run = start_run(config, resume, overwrite, kinds=("text",),
                     hint='continued pretraining reads raw text rows ({"text": ...}); use task: sft for answers')
     tokenizer, length, seed = run.tokenizer, config.train.max_length, config.train.seed
-    data_summary = write_data_summary(run.run_dir, run.splits)
+    data_summary = write_data_summary(run.folder, run.splits)
     chunks = [c for r in run.splits.train for c in encode_text(tokenizer, r.text, length)]
     random.Random(seed).shuffle(chunks)
     heldout = cap_examples(run.splits.test or run.splits.val, config)
@@ -38,18 +38,15 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, tokenizer, chunks, config, run.run_dir, resume,
+    train_metrics = fit(model, tokenizer, chunks, config, run.folder, resume,
                         [*callbacks, stopper] if stopper else callbacks) | {"chunks": len(chunks), **counts}
     if stopper:
         train_metrics |= stopper.summary()
 
     # ---- evaluate: held-out perplexity, base (adapters disabled) vs tuned
-    metrics, arms = evaluate_arms(model, tokenizer, eval_task, config, lambda: load_base(config)[1])
-    if run.splits.mixing:  # data.mix: perplexity per source too
-        add_metrics_by_source(metrics, arms, model, tokenizer, eval_task, [], heldout, config,
-                              lambda: load_base(config)[1])
+    metrics, arms = evaluate_base_and_tuned(model, tokenizer, eval_task, [], heldout, config, run.splits.mixing)
     if forgetting:
         metrics["forgetting"] = forgetting.compare(model, tokenizer)
 
     # ---- save and report
-    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data_summary}, [])
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary}, [])

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
-from tunelab.data.templates import encode_chat
+from tunelab.data.records import Record
+from tunelab.data.templates import encode_chat, label_choices, to_messages
 from tunelab.errors import TunelabError
 from tunelab.eval.by_source import add_metrics_by_source
-from tunelab.eval.suite import build_eval_task, evaluate_arms, label_choices, prediction_rows, to_messages
-from tunelab.train.common import finish_run, fit
+from tunelab.eval.suite import EvalTask, build_eval_task, causal_lm_arm, evaluate_arms, prediction_rows
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.setup import Started, cap_examples, load_base, start_run, with_method, write_data_summary
+from tunelab.train.fit import finish_run, fit
+from tunelab.train.setup import Started, cap_examples, reload_base, start_run, with_method, write_data_summary
 
 
 def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
@@ -46,7 +47,7 @@ class AnswerData:
 def prepare_answer_data(run: Started, config: RunConfig) -> AnswerData:
     splits, tokenizer = run.splits, run.tokenizer
     choices = label_choices(splits.train, splits.kind)
-    data_summary = write_data_summary(run.run_dir, splits, labels=choices)
+    data_summary = write_data_summary(run.folder, splits, labels=choices)
     examples = encode_train(tokenizer, splits, choices, config)
     test, val = cap_examples(splits.test, config), cap_examples(splits.val, config)
     eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
@@ -56,12 +57,24 @@ def prepare_answer_data(run: Started, config: RunConfig) -> AnswerData:
     return AnswerData(data_summary, examples, test, val, eval_task, stopper)
 
 
-def evaluate_base_and_tuned(model, tokenizer, data: AnswerData, config: RunConfig, mixing: bool):
-    """The base model (adapters disabled) and the tuned model, same prompts, same examples; per source too."""
-    metrics, arms = evaluate_arms(model, tokenizer, data.eval_task, config, lambda: load_base(config)[1])
-    if mixing:  # data.mix: every metric per source too
-        add_metrics_by_source(metrics, arms, model, tokenizer, data.eval_task, data.test, data.val or data.test,
-                              config, lambda: load_base(config)[1])
+def evaluate_base_and_tuned(model, tokenizer, eval_task: EvalTask, test: list[Record], heldout: list[Record],
+                            config: RunConfig, mixing: bool):
+    """The base model (adapters disabled, or reloaded) and the tuned model, same prompts, same examples;
+    with ``mixing`` (data.mix) every metric per source too, held-out loss on each source's ``heldout``."""
+    def evaluate_on(task: EvalTask):
+        return evaluate_arms(model, causal_lm_arm(tokenizer, task, config), config.eval.baseline,
+                             lambda: reload_base(config))
+
+    metrics, arms = evaluate_on(eval_task)
+    if mixing:
+        def heldout_loss(records: list[Record]) -> dict:
+            encoded = build_eval_task(tokenizer, [], records, eval_task.kind, eval_task.choices,
+                                      config.data.label_prompt, config.data.system_prompt,
+                                      config.train.max_length).heldout
+            loss_task = EvalTask(eval_task.kind, [], [], [], None, encoded)  # held-out loss only
+            return evaluate_on(loss_task)[0] if encoded else {}
+
+        add_metrics_by_source(metrics, arms, eval_task, test, heldout, heldout_loss)
     return metrics, arms
 
 
@@ -74,16 +87,17 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
     model, counts = with_method(run.model, config)
 
     # ---- train
-    train_metrics = fit(model, run.tokenizer, data.examples, config, run.run_dir, resume,
+    train_metrics = fit(model, run.tokenizer, data.examples, config, run.folder, resume,
                         [*callbacks, data.stopper] if data.stopper else callbacks)
     train_metrics |= {"examples": len(data.examples), **counts}
     if data.stopper:
         train_metrics |= data.stopper.summary()
 
     # ---- evaluate: the base model (adapters disabled) and the tuned model, same prompts, same examples
-    metrics, arms = evaluate_base_and_tuned(model, run.tokenizer, data, config, run.splits.mixing)
+    metrics, arms = evaluate_base_and_tuned(model, run.tokenizer, data.eval_task, data.test, data.val or data.test,
+                                            config, run.splits.mixing)
 
     # ---- save and report
-    return finish_run(run.run_dir, metrics | {"train": train_metrics, "data": data.data_summary},
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary},
                       prediction_rows(data.eval_task, arms))
 

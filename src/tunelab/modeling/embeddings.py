@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from tunelab.models import resolve_model
+from tunelab.model_files import resolve_model
 
 DEFAULT_ENCODER = "minilm-l6"
 
@@ -43,11 +43,6 @@ class SentenceEncoder:
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             vectors[batch] = torch.nn.functional.normalize(pooled.float(), dim=-1)
         return vectors
-
-
-def embed_texts(texts: list[str], model: str = DEFAULT_ENCODER, batch_size: int = 32) -> torch.Tensor:
-    """Embed texts with a freshly loaded encoder; keep a SentenceEncoder to embed more than once."""
-    return SentenceEncoder(model).embed(texts, batch_size)
 
 
 def top_k_similar(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool = False,

@@ -19,12 +19,12 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from tunelab.config import AugmentConfig, validate_section
+from tunelab.config import AugmentConfig, RunConfig, validate_section
 from tunelab.data.formats import read_records
 from tunelab.data.records import Record, Rejected
 from tunelab.data.split import AUGMENTED_FROM, ROW_HASH, is_augmented, rejected, row_hash
 from tunelab.errors import TunelabError
-from tunelab.generators import ServerGenerator
+from tunelab.generate.generators import LocalGenerator, ServerGenerator
 from tunelab.io import atomic_write_jsonl
 
 _WORD = re.compile(r"\S+")
@@ -244,9 +244,6 @@ def _add_paraphrases(sources: list[Record], texts: list[str | None], config: Aug
 
 def paraphrase_with_model(prompts: list[str], config: AugmentConfig) -> list[list[str]]:
     """``config.paraphrases`` sampled replies per user prompt from a local model, in batches."""
-    from tunelab.config import RunConfig
-    from tunelab.generators import LocalGenerator
-
     generator = LocalGenerator(config.model or RunConfig().model, batch_size=config.batch_size, seed=config.seed,
                                sampling={"temperature": config.temperature, "top_p": config.top_p})
     n = config.paraphrases

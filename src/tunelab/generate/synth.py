@@ -32,10 +32,10 @@ from pydantic import ValidationError
 from tunelab.config import SynthConfig
 from tunelab.data.documents import Chunk, chunk_document, read_documents, sentence_spans
 from tunelab.data.formats import read_records
-from tunelab.embeddings import SentenceEncoder, top_k_similar
 from tunelab.errors import ConfigError
-from tunelab.generators import LocalGenerator, ServerGenerator
+from tunelab.generate.generators import LocalGenerator, ServerGenerator
 from tunelab.io import atomic_write_json, atomic_write_jsonl
+from tunelab.modeling.embeddings import SentenceEncoder, top_k_similar
 
 SYSTEM_PROMPT = "You write training data for an assistant, using only the documentation you are given."
 

@@ -1,6 +1,8 @@
 """Turn a loaded base model into the model that trains, according to ``method``.
 
-peft and bitsandbytes do the work; this file only maps our config onto them and counts parameters.
+peft and bitsandbytes do the work; this file only maps our config onto them, loads saved adapters
+and counts parameters. Speed-ups to peft's layers are applied elsewhere, by
+``prepare_for_training`` and ``prepare_for_inference`` (tunelab/modeling/fast/).
 """
 
 from __future__ import annotations
@@ -8,16 +10,21 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 
 import torch
-from peft import IA3Config, PeftConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from peft import (
+    IA3Config,
+    PeftConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+)
 from peft import LoraConfig as PeftLoraConfig
-from peft import prepare_model_for_kbit_training
-from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import BitsAndBytesConfig
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.precision import pick_dtype
-from tunelab.train.lora_forward import use_single_rounding
+from tunelab.modeling.precision import pick_dtype
 
 LORA_METHODS = ("lora", "dora", "rslora", "qlora")
 WHOLE_MODEL_METHODS = ("full", "freeze")  # saved as a model folder, not an adapter
@@ -55,30 +62,25 @@ def apply_method(model: torch.nn.Module, config: RunConfig, task_type: str = "CA
         # then repacks the 4-bit weights for inference, and no gradient passes through them after that.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     # peft keeps adapter weights in fp32 (autocast_adapter_dtype) while the frozen base may be bf16.
-    model = get_peft_model(model, peft_config(config, model.name_or_path, task_type))
-    if any(p.dtype == torch.bfloat16 for p in model.parameters()):
-        keep_adapter_inputs_bf16(model)
-    use_single_rounding(model)
-    return model
+    return get_peft_model(model, peft_config(config, model.name_or_path, task_type))
 
 
 def load_adapter(base: torch.nn.Module, folder) -> torch.nn.Module:
-    """A saved adapter on its base, running the same forward pass as in training."""
-    model = PeftModel.from_pretrained(base, folder)
-    use_single_rounding(model)
-    return model
+    """A saved adapter on its base (peft's forward; ``prepare_for_inference`` adds tunelab's)."""
+    return PeftModel.from_pretrained(base, folder)
 
 
-def keep_adapter_inputs_bf16(model: torch.nn.Module) -> None:
-    """Stop peft from casting each adapter's input to the adapter's fp32 dtype.
+def unwrap(model):
+    """The transformers model inside a peft wrapper (adapters stay injected in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    With a bf16 base, every step runs under bf16 autocast, which casts that fp32 copy straight back
-    to bf16 for the adapter's matmul: two full copies of the activations per adapted layer for the
-    same result. Measured on SmolLM2 with LoRA on CPU: dtype copies were about a fifth of the step.
-    """
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+
+def adds_virtual_tokens(model) -> bool:
+    """Prefix, prompt and p-tuning: peft prepends virtual tokens and takes only a 2D attention mask."""
+    if not getattr(model, "peft_config", None):
+        return False
+    peft_type = str(next(iter(model.peft_config.values())).peft_type)
+    return any(k in peft_type for k in ("PREFIX", "PROMPT", "P_TUNING"))
 
 
 def peft_config(config: RunConfig, model_dir: str, task_type: str = "CAUSAL_LM") -> PeftConfig:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
+from tunelab.config import RunConfig
 from tunelab.data.templates import render
 from tunelab.errors import TunelabError
 
@@ -26,20 +27,23 @@ class LocalGenerator:
     gives settings such as ``{"temperature": 0.8, "top_p": 0.95}``; every call is seeded with ``seed``."""
 
     def __init__(self, model: str, *, batch_size: int, seed: int, sampling: dict | None = None):
-        from tunelab.config import RunConfig
-        from tunelab.train.setup import load_base  # peft and the Trainer stack: only a local model needs them
+        # start-up time: torch, transformers and peft load only when a model runs here, not for a server
+        from tunelab.modeling.fast import prepare_for_inference
+        from tunelab.modeling.load import load_causal_lm
 
         self.name = model
         self.batch_size = batch_size
         self.seed = seed
         self.sampling = sampling
-        self.tokenizer, self.model = load_base(RunConfig(model=model))
+        config = RunConfig(model=model)
+        self.tokenizer, self.model = load_causal_lm(config)
+        prepare_for_inference(self.model, config)
         self.model.eval()
 
     def complete(self, conversations: list[list[dict]], max_new_tokens: int, desc: str = "generating") -> list[str]:
         from transformers import set_seed
 
-        from tunelab.eval.evaluate import generate  # torch: only a local model needs it
+        from tunelab.inference.generate import generate  # start-up time: torch loads only when a model runs here
 
         prompts = [render(self.tokenizer, messages, add_generation_prompt=True) for messages in conversations]
         set_seed(self.seed)

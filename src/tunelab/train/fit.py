@@ -1,16 +1,18 @@
-"""Shared training plumbing: dtype choice, Trainer arguments, logging callbacks, resource use.
+"""The fit loop every recipe trains with: Trainer arguments, logging callbacks, resource use, saving.
 
 Training runs on transformers' Trainer (schedules, accumulation, checkpoints, resume). The only
-thing it is taught here is our loss: summed over answer tokens and divided by the number of loss
-tokens in the whole accumulated batch, computed without full-vocabulary logits.
+thing it is taught here is our loss: summed over answer tokens (or examples) and divided by their
+number in the whole accumulated batch, computed without full-vocabulary logits. ``fit`` trains causal
+LMs on packed rows; ``fit_padded`` trains classifiers and encoder-decoders on length-grouped, padded
+batches. Both measure and save the same way.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from functools import partial
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,14 +24,15 @@ from tunelab.config import RunConfig
 from tunelab.data.pack import collate_packed, collate_padded, width_multiple
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.io import atomic_write_json, atomic_write_jsonl
-from tunelab.memory import peak_rss_mb, release_memory, return_large_blocks_at_once
-from tunelab.precision import autocast_like
-from tunelab.report import comparison_table, write_report
-from tunelab.train.compile import compiled_layers, should_compile
+from tunelab.memory import peak_rss_mb, release_memory
+from tunelab.modeling.fast.compile import compiled_layers, should_compile
+from tunelab.modeling.fast.segment_attention import uses_segment_attention
+from tunelab.modeling.loss import loss_sum
+from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS
+from tunelab.modeling.precision import autocast_like
+from tunelab.runs.folder import RunFolder
+from tunelab.runs.report import comparison_table, write_report
 from tunelab.train.curriculum import curriculum_order
-from tunelab.train.loss import loss_sum
-from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
-from tunelab.train.segment_attention import uses_segment_attention
 from tunelab.train.steps import StepSampler, plan_steps, tokens_by_global_step
 
 RELEASE_EVERY_STEPS = 8  # see ReleaseMemoryCallback
@@ -160,7 +163,7 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: t
     )
 
 
-def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: Path, resume: bool,
+def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, folder: RunFolder, resume: bool,
         callbacks: list[TrainerCallback] = (), loss_fn=loss_sum) -> dict:
     """Train on ``examples`` (in the order given) with Trainer; save the adapter (or full model).
 
@@ -176,7 +179,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
         print(f"packing: off for method {config.method} (peft adds its virtual tokens to a 2D padding mask only, "
               f"not to packed rows)", flush=True)
     shuffle = t.curriculum == "none"
-    examples = curriculum_order(model, examples, t.curriculum, tokenizer.pad_token_id, run_dir / "curriculum.json")
+    examples = curriculum_order(model, examples, t.curriculum, tokenizer.pad_token_id, folder.curriculum_path)
     segments = packing and uses_segment_attention(model)
     plan = plan_steps(examples, t.batch_size * t.gradient_accumulation, t.max_length, t.micro_batch_tokens, packing,
                       one_row=segments)
@@ -193,11 +196,11 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
     tokens_per_step = tokens_by_global_step(plan, epochs, t.seed, shuffle)
     trainer = AnswerLossTrainer(
         model=model,
-        args=training_arguments(config, run_dir / "checkpoints", micro_batches=(1, plan.per_step),
+        args=training_arguments(config, folder.checkpoints_dir, micro_batches=(1, plan.per_step),
                                 total_steps=total_steps),
         train_dataset=plan.micro_batches,
         data_collator=collate,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl", tokens_per_step), *callbacks],
+        callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
         loss_fn=loss_fn,
         train_sampler=StepSampler(plan, t.seed, shuffle),
     )
@@ -206,22 +209,52 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, run_dir: P
         print("compiling the decoder layers (train.compile; 30-45 s the first time, a few seconds once cached)",
               flush=True)
     with compiled_layers(model, compiled):
-        figures = train_and_measure(trainer, run_dir, resume, tokens_per_step)
-    out_dir = run_dir / ("model" if config.method in WHOLE_MODEL_METHODS else "adapter")
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return figures | {"micro_batches_per_step": plan.per_step, "compiled": compiled,
+        figures = train_and_measure(trainer, folder, resume, tokens_per_step)
+    save_weights(model, tokenizer, folder, config)
+    return figures | {"micro_batches_per_step": plan.per_step, "compiled": compiled, "segment_attention": segments,
                       "rows": sum(len(rows) for rows in plan.micro_batches if rows)}
 
 
-def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_step: list[int]) -> dict:
+def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: type[Trainer], loss_fn,
+               config: RunConfig, folder: RunFolder, resume: bool, callbacks=()) -> dict:
+    """Train on length-grouped, dynamically padded batches (classifiers, encoder-decoders); save the
+    adapter (or full model) and return the training figures.
+
+    ``trainer_class(loss_fn=...)`` computes the loss of a micro-batch (summed, divided by the targets of
+    the whole accumulated batch). Tokens count every input and target token of a step.
+    """
+    args = training_arguments(config, folder.checkpoints_dir, total_steps=optimizer_steps(config, len(features)))
+    args.train_sampling_strategy = "group_by_length"
+    batch = config.train.batch_size * config.train.gradient_accumulation
+    tokens = [len(f["input_ids"]) + (len(f["labels"]) if isinstance(f["labels"], list) else 0) for f in features]
+    tokens_per_step = [sum(tokens[i:i + batch]) for i in range(0, len(features), batch)]
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
+        loss_fn=loss_fn,
+    )
+    figures = train_and_measure(trainer, folder, resume, tokens_per_step) | {"examples": len(features)}
+    save_weights(model, tokenizer, folder, config)
+    return figures
+
+
+def save_weights(model, tokenizer, folder: RunFolder, config: RunConfig) -> None:
+    """The adapter (or, for whole-model methods, the model) with its tokenizer, in the run folder."""
+    out_dir = folder.weights_dir_for(config.method)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_per_step: list[int]) -> dict:
     """Run Trainer (from the last checkpoint when resuming) and return tokens, time, memory and loss."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
     trainer.add_callback(ReleaseMemoryCallback)
-    if not uses_segment_attention(trainer.model):
-        return_large_blocks_at_once()  # activations go back to the system when freed (tunelab/memory.py)
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = folder.checkpoints_dir
     checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -237,11 +270,14 @@ def train_and_measure(trainer: Trainer, run_dir: Path, resume: bool, tokens_per_
             "steps": steps}
 
 
-def finish_run(run_dir: Path, metrics: dict, predictions: list[dict]) -> dict:
-    """Write metrics.json, predictions.jsonl and report.md, and print the base-vs-tuned table."""
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    atomic_write_jsonl(run_dir / "predictions.jsonl", predictions)
-    report = write_report(run_dir)
+def finish_run(folder: RunFolder, metrics: dict, predictions: list[dict]) -> dict:
+    """Write metrics.json, predictions.jsonl, report.md and the artifacts' checksums, mark the run
+    finished, and print the base-vs-tuned table."""
+    atomic_write_json(folder.metrics_path, metrics)
+    atomic_write_jsonl(folder.predictions_path, predictions)
+    report = write_report(folder.path)
+    folder.write_artifacts()
+    folder.mark_ended("finished")
     print(comparison_table(metrics))
-    print(f"run folder: {run_dir}  (report: {report})")
+    print(f"run folder: {folder.path}  (report: {report})")
     return metrics

@@ -13,14 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.templates import IGNORE_INDEX
-from tunelab.train.segment_attention import uses_segment_attention
+from tunelab.modeling.fast.segment_attention import uses_segment_attention
+from tunelab.modeling.methods import adds_virtual_tokens, unwrap
 
 CHUNK_ROWS = 1024
-
-
-def unwrap(model):
-    """The transformers model inside a peft wrapper (adapters stay injected in its layers)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def supports_selective_logits(model) -> bool:
@@ -32,14 +28,6 @@ def supports_selective_logits(model) -> bool:
     if adds_virtual_tokens(model):
         return False  # these rewrite the inputs inside PeftModel.forward
     return base.get_output_embeddings() is not None and hasattr(base, "get_decoder")
-
-
-def adds_virtual_tokens(model) -> bool:
-    """Prefix, prompt and p-tuning: peft prepends virtual tokens and takes only a 2D attention mask."""
-    if not getattr(model, "peft_config", None):
-        return False
-    peft_type = str(next(iter(model.peft_config.values())).peft_type)
-    return any(k in peft_type for k in ("PREFIX", "PROMPT", "P_TUNING"))
 
 
 def attention_mask_for(model, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

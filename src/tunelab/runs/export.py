@@ -10,7 +10,6 @@ writes ``export_check.json`` into the run folder and no model folder.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -19,17 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from tunelab.config import RunConfig
+from tunelab.data.pairs import record_pairs
 from tunelab.data.records import Record
-from tunelab.data.templates import prompt_text, render
+from tunelab.data.templates import prompt_text, render, to_messages, with_system_prompt
 from tunelab.errors import TunelabError
-from tunelab.eval.evaluate import generate
-from tunelab.eval.suite import to_messages, with_system_prompt
+from tunelab.inference.generate import generate
+from tunelab.inference.seq2seq import generate_targets
 from tunelab.io import atomic_write_json
-from tunelab.models import resolve_model
-from tunelab.train.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
+from tunelab.modeling.load import load_tokenizer
+from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
+from tunelab.runs.folder import RunFolder
+from tunelab.runs.load import load_run
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Largest allowed log-prob difference between the adapter model (fp32) and the exported model.
@@ -70,7 +72,7 @@ class Snapshot:
 def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_diff: float | None = None) -> dict:
     """Export a run as a standalone model folder at ``out``; return the check written with it."""
     run_dir, out = Path(run_dir), Path(out)
-    config = read_run_config(run_dir)
+    config = RunFolder(run_dir).config()
     if config.task not in ("sft", "pretrain", "seq2seq"):
         raise TunelabError(f"task {config.task} runs cannot be exported yet; export handles causal LM runs "
                            f"(task sft or pretrain) and encoder-decoder runs (task seq2seq)")
@@ -84,7 +86,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_di
         raise TunelabError(f"run folder {run_dir} has no adapter/; did the run finish?")
 
     max_diff = DEFAULT_MAX_DIFF[dtype] if max_diff is None else max_diff
-    tokenizer, adapter_model = load_adapter_model(run_dir, config)
+    loaded = load_run(run_dir, for_merging=True)  # fp32 base: see merge_adapter
+    tokenizer, adapter_model = loaded.tokenizer, loaded.model
     prompts = golden_prompts(run_dir, config, tokenizer)
     source_length = config.train.max_length if config.task == "seq2seq" else None
     reference = snapshot(adapter_model, tokenizer, prompts, source_length)
@@ -102,41 +105,21 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_di
     return check
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        raise TunelabError(f"{run_dir} is not a run folder (no config.yaml); pass a folder made by tunelab train")
-    return RunConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-
-
 def model_class(config: RunConfig):
     """The transformers class a run's model loads with: encoder-decoder for task seq2seq, else causal LM."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     return AutoModelForSeq2SeqLM if config.task == "seq2seq" else AutoModelForCausalLM
 
 
-def load_adapter_model(run_dir: Path, config: RunConfig):
-    """The run's tokenizer and its adapter on an fp32 copy of the base (never 4-bit, never bf16).
+def merge_adapter(adapter_model, dtype: str):
+    """Fold the adapter into the base weights (in fp32) and cast the plain model to the export dtype.
 
     Merging adds the adapter's delta to the base weights in the base weights' dtype. In bf16 both the
     delta B@A and the sum W + B@A are rounded to an 8-bit mantissa, and a small fine-tuning delta is
-    often below bf16's spacing at |W|, so much of it would be rounded away. Merging in fp32 keeps the
-    delta; the result is rounded once, at the end, to the export dtype. QLoRA adapters are likewise
-    merged into the full-precision base rather than the 4-bit weights they trained against.
+    often below bf16's spacing at |W|, so much of it would be rounded away. So the adapter model is
+    loaded on an fp32 base (``load_run(..., for_merging=True)``), and the result is rounded once, at
+    the end, to the export dtype. QLoRA adapters are likewise merged into the full-precision base
+    rather than the 4-bit weights they trained against.
     """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")  # saved by training: same template and pad
-    attention = {} if config.task == "seq2seq" else {"attn_implementation": "sdpa"}  # T5 has no sdpa
-    base = model_class(config).from_pretrained(resolve_model(config.model), dtype=torch.float32, **attention)
-    model = PeftModel.from_pretrained(base, run_dir / "adapter")
-    return tokenizer, model.eval()
-
-
-def merge_adapter(adapter_model, dtype: str):
-    """Fold the adapter into the base weights (in fp32) and cast the plain model to the export dtype."""
     merged = adapter_model.merge_and_unload(safe_merge=True)  # safe_merge: refuse NaNs in the adapter
     return merged.to(EXPORT_DTYPES[dtype]).eval()
 
@@ -148,17 +131,13 @@ def golden_prompts(run_dir: Path, config: RunConfig, tokenizer) -> list[GoldenPr
     and rendering it through the same to_messages/prompt_text path gives the training prompt. Runs
     without predictions (pretraining) fall back to a few generic questions.
     """
-    predictions = run_dir / "predictions.jsonl"
-    rows = []
-    if predictions.exists():
-        with predictions.open(encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()][:MAX_GOLDEN_PROMPTS]
+    run = RunFolder(run_dir)
+    rows = run.predictions()[:MAX_GOLDEN_PROMPTS]
     if not rows and config.task == "seq2seq":
         rows = [{"input": q, "reference": ""} for q in FALLBACK_QUESTIONS]
     if not rows:
         return [GoldenPrompt(q, _fallback_prompt(q, config, tokenizer)) for q in FALLBACK_QUESTIONS]
-    summary_path = run_dir / "data_summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    summary = run.data_summary() or {}
     choices = summary.get("labels")
     prompts = []
     for row in rows:
@@ -169,9 +148,8 @@ def golden_prompts(run_dir: Path, config: RunConfig, tokenizer) -> list[GoldenPr
             record = Record(kind="chat", messages=[{"role": "user", "content": row["input"]},
                                                    {"role": "assistant", "content": answer}])
         if config.task == "seq2seq":  # the encoder's source text, as the recipe builds it
-            from tunelab.train.seq2seq import record_pairs
-
-            prompts.append(GoldenPrompt(row["input"], record_pairs([record], choices, config)[0].source))
+            source = record_pairs([record], choices, config.data.label_prompt, config.data.system_prompt)[0].source
+            prompts.append(GoldenPrompt(row["input"], source))
             continue
         messages = to_messages(record, choices, config.data.label_prompt, config.data.system_prompt)
         prompts.append(GoldenPrompt(row["input"], prompt_text(tokenizer, messages)))
@@ -203,8 +181,6 @@ def snapshot(model, tokenizer, prompts: list[GoldenPrompt], source_length: int |
 
 
 def _seq2seq_snapshot(model, tokenizer, texts: list[str], source_length: int) -> Snapshot:
-    from tunelab.train.seq2seq import generate_targets
-
     logprobs = []
     start = torch.tensor([[model.config.decoder_start_token_id]], device=model.device)
     for text in texts:  # tokenized as the recipe tokenizes sources (special tokens included)
@@ -285,12 +261,8 @@ def write_model_folder(model, tokenizer, check: dict, out: Path) -> None:
 
 def export_whole_model(run_dir: Path, config: RunConfig, out: Path, dtype: str) -> dict:
     """Full and freeze runs saved a whole model: re-save it in the export dtype; nothing to merge or check."""
-    from transformers import AutoTokenizer
-
-    model_dir = run_dir / "model"
-    if not model_dir.is_dir():
-        raise TunelabError(f"run folder {run_dir} has no model/; did the run finish?")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model_dir = RunFolder(run_dir).weights_dir
+    tokenizer = load_tokenizer(model_dir)
     model = model_class(config).from_pretrained(model_dir, dtype=EXPORT_DTYPES[dtype])
     set_generation_eos(model, tokenizer)
     check = {"run": str(run_dir), "method": config.method, "dtype": dtype, "checked": False,

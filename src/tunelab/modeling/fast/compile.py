@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from tunelab.train.loss import unwrap
+from tunelab.modeling.methods import unwrap
 
 MIN_FORWARD_PASSES = 100  # below this, auto does not compile: the compile time would not be paid back
 

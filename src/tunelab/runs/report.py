@@ -14,10 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.tables import CELL_CHARS, cell, escape, markdown_table
+
 # Preferred metric for the one-line summary, best first; otherwise the first numeric one.
 HEADLINE_METRICS = ("accuracy", "f1", "exact_match", "rouge_l", "bleu", "perplexity")
 SAMPLES_PER_GROUP = 5
-CELL_CHARS = 120
 
 
 def _read_json(path: Path) -> dict | None:
@@ -127,17 +128,9 @@ def comparison_table(metrics: dict, arms: list[str] | None = None) -> str:
     return "\n".join([line(rows[0]), rule, *(line(r) for r in rows[1:])])
 
 
-def _markdown_table(header: list[str], rows: list[list], align: str = "") -> str:
-    """A Markdown table; ``align`` gives one of l/r per column (default: first left, rest right)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---" if a == "l" else "---:" for a in align]
-    lines = [header, rule, *rows]
-    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in lines)
-
-
 def markdown_comparison_table(metrics: dict) -> str:
     """Base vs tuned as a Markdown table for ``report.md``."""
-    return _markdown_table(list(_columns(metrics)), [list(r) for r in _comparison_rows(metrics)])
+    return markdown_table(list(_columns(metrics)), [list(r) for r in _comparison_rows(metrics)])
 
 
 def _summary_line(metrics: dict, n_examples: int) -> str:
@@ -156,32 +149,18 @@ def _summary_line(metrics: dict, n_examples: int) -> str:
     return text + (f" on {n_examples} test examples." if n_examples else ".")
 
 
-def _escape(text) -> str:
-    """Keep a value on one table row: no newlines, and pipes that don't end the cell."""
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
-def _cell(text, limit: int = CELL_CHARS) -> str:
-    if text is None:
-        return "-"
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return _escape(text)
-
-
 def _data_section(summary: dict) -> list[str]:
     """Scalars in one key/value table, then one small table per nested dict (e.g. label counts)."""
     parts = []
-    scalars = [[_escape(k), _escape(v)] for k, v in summary.items() if not isinstance(v, dict)]
+    scalars = [[escape(k), escape(v)] for k, v in summary.items() if not isinstance(v, dict)]
     if scalars:
-        parts.append(_markdown_table(["item", "value"], scalars))
+        parts.append(markdown_table(["item", "value"], scalars))
     for key, value in summary.items():
         if isinstance(value, dict):
-            rows = [[_escape(k), _escape(json.dumps(v) if isinstance(v, (dict, list)) else v)]
+            rows = [[escape(k), escape(json.dumps(v) if isinstance(v, (dict, list)) else v)]
                     for k, v in value.items()]
             counts = all(isinstance(v, int) for v in value.values())
-            parts.append(_markdown_table([_escape(key), "count" if counts else "value"], rows))
+            parts.append(markdown_table([escape(key), "count" if counts else "value"], rows))
     return parts
 
 
@@ -210,9 +189,9 @@ def _confusion_matrices(metrics: dict) -> list[str]:
         cm = (metrics.get(side) or {}).get("confusion_matrix")
         if not isinstance(cm, dict):
             continue
-        labels = [_escape(label) for label in cm["labels"]]
+        labels = [escape(label) for label in cm["labels"]]
         rows = [[labels[i], *counts] for i, counts in enumerate(cm["matrix"])]
-        table = _markdown_table(["reference \\ predicted", *labels], rows)
+        table = markdown_table(["reference \\ predicted", *labels], rows)
         caption = f"**Confusion matrix, {side}** (rows: reference, columns: prediction)"
         parts.append(f"{caption}\n\n{table}")
     return parts
@@ -222,7 +201,7 @@ def _by_source_section(metrics: dict) -> list[str]:
     """data.mix runs: one base-vs-tuned table per source."""
     base = (metrics.get("base") or {}).get("by_source") or {}
     tuned = (metrics.get("tuned") or {}).get("by_source") or {}
-    return [f"**{_escape(name)}**\n\n" + markdown_comparison_table({"base": base.get(name), "tuned": tuned.get(name)})
+    return [f"**{escape(name)}**\n\n" + markdown_comparison_table({"base": base.get(name), "tuned": tuned.get(name)})
             for name in dict.fromkeys([*tuned, *base])]
 
 
@@ -242,10 +221,10 @@ def _samples_section(predictions: list[dict]) -> list[str]:
         picked = [p for p in predictions if p.get("tuned_correct") is flag][:SAMPLES_PER_GROUP]
         if not picked:
             continue
-        rows = [[_cell(p.get("id")), _cell(p.get("input")), _cell(p.get("reference")),
-                 _cell(p.get("base_prediction")), _cell(p.get("tuned_prediction"))]
+        rows = [[cell(p.get("id")), cell(p.get("input")), cell(p.get("reference")),
+                 cell(p.get("base_prediction")), cell(p.get("tuned_prediction"))]
                 for p in picked]
-        table = _markdown_table(["id", "input", "reference", "base", "tuned"], rows, align="lllll")
+        table = markdown_table(["id", "input", "reference", "base", "tuned"], rows, align="lllll")
         parts.append(f"**{title}**\n\n{table}")
     return parts
 
