@@ -35,7 +35,7 @@ def width_multiple(device_type: str, segments: bool = False) -> int:
     kernel cache small and warm (measured on SmolLM2: resident memory grew about 80 MB per training
     step without rounding); 16 instead of 64 pads 6% fewer tokens on the throughput benchmark, for
     about 100 MB more peak memory. With segment attention a micro-batch is one row, whose width sets
-    the size of every activation, and those come from glibc's heap (tunelab/memory.py): 64 keeps the
+    the size of every activation, and those come from glibc's heap (tunelab/modeling/fast/memory.py): 64 keeps the
     sizes few, and pads at most 63 positions per micro-batch. On GPUs, multiples of 8 suit tensor cores."""
     if device_type != "cpu":
         return 8
@@ -48,7 +48,7 @@ def collate_packed(rows: list[list[Encoded]], pad_token_id: int, pad_to_multiple
 
     ``pad_to_multiple_of`` rounds the width up, so that batches come in few distinct shapes (the CPU
     matmul library builds and caches a kernel per shape). With ``segments`` the batch carries, for
-    segment attention (train/segment_attention.py), the example lengths of each row instead of the
+    segment attention (modeling/fast/segment_attention.py), the example lengths of each row instead of the
     mask (``packed_segments``, [B, S] zero-padded, a row's padding counted as one more example) and
     a 2D all-ones ``attention_mask`` that tells transformers not to build one.
     """
