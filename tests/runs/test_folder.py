@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from tunelab.config import load_config
@@ -56,6 +57,7 @@ class Boom(TrainerCallback):
 def test_a_run_that_stops_records_why_and_where(tmp_path, tiny_model_dir, sentiment_file, error, status):
     with pytest.raises(type(error)):
         train(tiny_config(tmp_path, tiny_model_dir, sentiment_file), callbacks=[Boom(error)])
+    assert not list(tqdm._instances)  # its progress bar was closed, so later output starts on a clean line
     recorded = RunFolder(tmp_path / "runs" / "tiny").status()
     assert recorded.status == status
     assert recorded.reason == ("interrupted" if status == "killed" else "disk full")

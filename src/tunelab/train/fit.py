@@ -257,7 +257,10 @@ def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_
     checkpoints = folder.checkpoints_dir
     checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:  # a run stopped by an error or Ctrl-C leaves no progress bar behind (Trainer closes it on success)
+        close_progress_bars(trainer)
     seconds = time.perf_counter() - started
     steps = trainer.state.global_step
     first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
@@ -268,6 +271,13 @@ def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
             "steps": steps}
+
+
+def close_progress_bars(trainer: Trainer) -> None:
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
 
 
 def finish_run(folder: RunFolder, metrics: dict, predictions: list[dict]) -> dict:
