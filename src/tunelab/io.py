@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or Ctrl-C leaves the old file or the new one, never half of one."""
+"""Atomic file writes (a crash or Ctrl-C leaves the old file or the new one, never half of one), and JSON
+reads that accept what a killed process may leave behind."""
 
 from __future__ import annotations
 
@@ -51,3 +52,23 @@ def atomic_write_json(path: str | Path, data) -> None:
 
 def atomic_write_jsonl(path: str | Path, rows) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSON-lines file; a line cut short by a killed run is skipped, not fatal."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

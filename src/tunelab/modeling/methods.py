@@ -35,7 +35,7 @@ VIRTUAL_TOKEN_METHODS = ("prefix", "prompt")
 
 
 def quantization_config(config: RunConfig) -> BitsAndBytesConfig | None:
-    """How load_base quantizes the base: 4-bit NF4 for qlora, nothing for every other method."""
+    """How load_causal_lm and load_seq2seq quantize the base: 4-bit NF4 for qlora, nothing for every other method."""
     if config.method != "qlora":
         return None
     try:

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_json
+from tunelab.io import atomic_write_json, read_json, read_jsonl
 from tunelab.modeling.methods import WHOLE_MODEL_METHODS
 
 STATUSES = ("running", "finished", "failed", "killed")
@@ -97,10 +97,10 @@ class RunFolder:
             raise TunelabError(f"{self.config_path} is not a valid run config ({first})") from None
 
     def metrics(self) -> dict | None:
-        return _read_json(self.metrics_path)
+        return read_json(self.metrics_path)
 
     def data_summary(self) -> dict | None:
-        return _read_json(self.data_summary_path)
+        return read_json(self.data_summary_path)
 
     def labels(self, config: RunConfig | None = None) -> list[str] | None:
         """The label set the run was trained on, read from its files without loading the model."""
@@ -117,15 +117,12 @@ class RunFolder:
         return json.loads(path.read_text(encoding="utf-8"))["labels"]
 
     def predictions(self) -> list[dict]:
-        if not self.predictions_path.exists():
-            return []
-        with self.predictions_path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_jsonl(self.predictions_path)
 
     # ---- status
     def status(self) -> RunStatus:
         """The recorded status; a run recorded as running whose process is gone (same host) is failed."""
-        recorded = _read_json(self.status_path)
+        recorded = read_json(self.status_path)
         if recorded is None:  # runs from before status.json: finished when they wrote metrics
             return RunStatus("finished" if self.metrics_path.exists() else "failed", reason="no status.json")
         status = RunStatus(**{key: recorded.get(key) for key in RunStatus.__dataclass_fields__})
@@ -142,7 +139,7 @@ class RunFolder:
         """Record how the run ended (finished, failed or killed); ``reason`` says why it did not finish."""
         if status not in STATUSES[1:]:
             raise ValueError(f"a run ends as one of {STATUSES[1:]}, not {status!r}")
-        recorded = _read_json(self.status_path) or {}
+        recorded = read_json(self.status_path) or {}
         ended = {"status": status, "pid": recorded.get("pid"), "host": recorded.get("host"),
                  "started": recorded.get("started"), "ended": round(time.time(), 3)}
         if status != "finished":
@@ -150,20 +147,13 @@ class RunFolder:
         atomic_write_json(self.status_path, ended)
 
     def owned_by_this_process(self) -> bool:
-        recorded = _read_json(self.status_path) or {}
+        recorded = read_json(self.status_path) or {}
         return recorded.get("status") == "running" and recorded.get("pid") == os.getpid()
 
     def last_step(self) -> int | None:
         """The last step in train_log.jsonl (a line cut short by a killed process is skipped)."""
-        if not self.train_log_path.exists():
-            return None
-        step = None
-        for line in self.train_log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                step = json.loads(line).get("step", step)
-            except json.JSONDecodeError:
-                continue
-        return step
+        steps = [row["step"] for row in read_jsonl(self.train_log_path) if "step" in row]
+        return steps[-1] if steps else None
 
     # ---- artifacts
     def artifacts(self) -> list[dict]:
@@ -184,7 +174,7 @@ class RunFolder:
 
     def changed_artifacts(self) -> list[str]:
         """Artifacts whose content no longer matches artifacts.json (missing ones included)."""
-        recorded = _read_json(self.artifacts_path)
+        recorded = read_json(self.artifacts_path)
         if recorded is None:
             raise TunelabError(f"{self.artifacts_path} is missing: the run did not finish, or finished before "
                                f"tunelab recorded checksums")
@@ -202,10 +192,6 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def _alive(pid: int | None) -> bool:

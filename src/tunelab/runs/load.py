@@ -75,16 +75,11 @@ def load_run(path, for_merging: bool = False) -> LoadedModel:
         base = None
     else:
         model = base_class.from_pretrained(saved, dtype=frozen_dtype(config, dtype))
-        base = lambda: _prepared(load_base(config)[1], config)  # noqa: E731
+        base = lambda: prepare_for_inference(load_base(config)[1], config)  # noqa: E731
     if not for_merging:
         prepare_for_inference(model, config)
     return LoadedModel(config, tokenizer, model.eval() if for_merging else model, base, labels, seq2seq=seq2seq,
                        run=run)
-
-
-def _prepared(model, config: RunConfig):
-    prepare_for_inference(model, config)
-    return model
 
 
 def _classifier_run(run: RunFolder, config: RunConfig) -> LoadedModel:
@@ -97,7 +92,7 @@ def _classifier_run(run: RunFolder, config: RunConfig) -> LoadedModel:
 
     def untrained():
         set_seed(config.train.seed)
-        return _prepared(load_classifier(config, labels)[1], config)
+        return prepare_for_inference(load_classifier(config, labels)[1], config)
 
     tokenizer = load_tokenizer(saved)
     if saved.name == "adapter":

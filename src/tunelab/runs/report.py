@@ -14,28 +14,12 @@ from pathlib import Path
 
 import yaml
 
-from tunelab.tables import CELL_CHARS, cell, escape, markdown_table
+from tunelab.io import read_json, read_jsonl
+from tunelab.tables import cell, escape, markdown_table
 
 # Preferred metric for the one-line summary, best first; otherwise the first numeric one.
 HEADLINE_METRICS = ("accuracy", "f1", "exact_match", "rouge_l", "bleu", "perplexity")
 SAMPLES_PER_GROUP = 5
-
-
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a line cut short by a killed run is skipped, not fatal."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _is_number(value) -> bool:
@@ -44,7 +28,7 @@ def _is_number(value) -> bool:
 
 def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
     """Plot training loss (and eval and validation loss) against step; False if there is nothing to plot."""
-    rows = _read_jsonl(Path(log_path))
+    rows = read_jsonl(Path(log_path))
     train = [(r["step"], r["loss"]) for r in rows if "step" in r and _is_number(r.get("loss"))]
     if not train:
         return False
@@ -236,9 +220,9 @@ def write_report(run_dir: str | Path) -> Path:
     config_text = config_path.read_text() if config_path.exists() else ""
     config = yaml.safe_load(config_text) if config_text else None
     run_name = config.get("run_name") if isinstance(config, dict) else None
-    metrics = _read_json(run_dir / "metrics.json") or {}
-    predictions = _read_jsonl(run_dir / "predictions.jsonl")
-    data_summary = _read_json(run_dir / "data_summary.json") or metrics.get("data")
+    metrics = read_json(run_dir / "metrics.json") or {}
+    predictions = read_jsonl(run_dir / "predictions.jsonl")
+    data_summary = read_json(run_dir / "data_summary.json") or metrics.get("data")
     curve = plot_training_curve(run_dir / "train_log.jsonl", run_dir / "training_curve.png")
 
     sections = [(f"# {run_name or run_dir.name}", [])]

@@ -48,13 +48,6 @@ def validation_loss(model, tokenizer, examples, batch_size: int) -> float:
     return total / max(tokens, 1)
 
 
-def reload_base(config: RunConfig):
-    """The run's base encoder-decoder as evaluation reloads it (whole-model methods)."""
-    model = load_seq2seq(config)[1]
-    prepare_for_inference(model, config)
-    return model
-
-
 # ---- the recipe
 
 def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
@@ -93,7 +86,7 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     # ---- evaluate: base and tuned on the same test pairs; per source too with data.mix
     def evaluate_on(task):
         return evaluate_arms(model, seq2seq_arm(tokenizer, task, config), config.eval.baseline,
-                             lambda: reload_base(config))
+                             lambda: prepare_for_inference(load_seq2seq(config)[1], config))
 
     metrics, arms = evaluate_on(task)
     if splits.mixing:

@@ -18,7 +18,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.data.dataset import Splits, load_splits, write_quarantine
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
-from tunelab.modeling.fast import prepare_for_inference, prepare_for_training
+from tunelab.modeling.fast import prepare_for_training
 from tunelab.modeling.load import load_causal_lm
 from tunelab.modeling.methods import apply_method, parameter_counts
 from tunelab.runs.folder import RunFolder
@@ -54,13 +54,6 @@ def load_base(config: RunConfig):
     return tokenizer, model
 
 
-def reload_base(config: RunConfig):
-    """The run's base causal LM as evaluation reloads it (whole-model methods), prepared for inference."""
-    model = load_causal_lm(config)[1]
-    prepare_for_inference(model, config)
-    return model
-
-
 def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str, ...], hint: str,
               load: Callable[[RunConfig, Splits], tuple] | None = None) -> Started:
     """Load and check data, load the model, then create the run folder with config and quarantine.
@@ -74,8 +67,11 @@ def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str
     if splits.kind not in kinds:
         where = config.data.train or ", ".join(source.train for source in config.data.mix)
         raise TunelabError(f"{where}: the rows are {splits.kind} records; {hint}")
-    tokenizer, model = load(config, splits) if load else load_causal_lm(config)
-    prepare_for_training(model, config)  # the same speed-ups as load_base, for every recipe's model
+    if load:
+        tokenizer, model = load(config, splits)
+        prepare_for_training(model, config)  # the same speed-ups as load_base, for every recipe's model
+    else:
+        tokenizer, model = load_base(config)
     folder = RunFolder(prepare_run_dir(config, resume, overwrite))
     folder.mark_running()
     atomic_write_text(folder.config_path, dump_config(config))

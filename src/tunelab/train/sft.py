@@ -17,9 +17,11 @@ from tunelab.data.templates import encode_chat, label_choices, to_messages
 from tunelab.errors import TunelabError
 from tunelab.eval.by_source import add_metrics_by_source
 from tunelab.eval.suite import EvalTask, build_eval_task, causal_lm_arm, evaluate_arms, prediction_rows
+from tunelab.modeling.fast import prepare_for_inference
+from tunelab.modeling.load import load_causal_lm
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.fit import finish_run, fit
-from tunelab.train.setup import Started, cap_examples, reload_base, start_run, with_method, write_data_summary
+from tunelab.train.setup import Started, cap_examples, start_run, with_method, write_data_summary
 
 
 def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
@@ -63,7 +65,7 @@ def evaluate_base_and_tuned(model, tokenizer, eval_task: EvalTask, test: list[Re
     with ``mixing`` (data.mix) every metric per source too, held-out loss on each source's ``heldout``."""
     def evaluate_on(task: EvalTask):
         return evaluate_arms(model, causal_lm_arm(tokenizer, task, config), config.eval.baseline,
-                             lambda: reload_base(config))
+                             lambda: prepare_for_inference(load_causal_lm(config)[1], config))
 
     metrics, arms = evaluate_on(eval_task)
     if mixing:

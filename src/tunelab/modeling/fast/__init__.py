@@ -44,10 +44,11 @@ def prepare_for_training(model: torch.nn.Module, config: RunConfig) -> None:
         return_large_blocks_at_once()  # activations go back to the system when freed
 
 
-def prepare_for_inference(model: torch.nn.Module, config: RunConfig | None = None) -> None:
-    """Apply every inference speed-up valid for ``model``; with a run's ``config``, held-out loss is taken
-    on packed rows exactly as that run's training evaluated it."""
+def prepare_for_inference(model: torch.nn.Module, config: RunConfig | None = None) -> torch.nn.Module:
+    """Apply every inference speed-up valid for ``model`` and return it; with a run's ``config``, held-out
+    loss is taken on packed rows exactly as that run's training evaluated it."""
     _prepare_layers(model, config)
+    return model
 
 
 def _prepare_layers(model: torch.nn.Module, config: RunConfig | None) -> None:
