@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast bench compare-methods clean
+.PHONY: install system-deps demo test test-fast bench compare-methods clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,12 +22,30 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tunelab quickstart
 
+# The PostgreSQL server binaries (initdb, pg_ctl) that the registry tests start a throwaway server from:
+# Debian's postgresql package, installed only when missing. Without apt-get, root or sudo, it says so in one
+# line and the PostgreSQL registry tests are skipped.
+PG_SKIP := PostgreSQL server binaries not installed (no apt-get, root or sudo): the PostgreSQL registry tests will be skipped
+have_initdb = command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+system-deps:
+	@if $(have_initdb); then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "$(PG_SKIP)"; exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1 && { sudo -n true 2>/dev/null || [ -t 0 ]; }; then sudo="sudo"; \
+	else echo "$(PG_SKIP)"; exit 0; fi; \
+	echo "Installing the Debian package postgresql for the registry tests"; \
+	log=$$(mktemp); \
+	apt="$$sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -q"; \
+	{ $$apt install --no-install-recommends postgresql || { $$apt update && $$apt install --no-install-recommends postgresql; }; } >"$$log" 2>&1; \
+	if $(have_initdb); then rm -f "$$log"; \
+	else tail -n 5 "$$log"; rm -f "$$log"; echo "Installing postgresql failed: the PostgreSQL registry tests will be skipped"; fi
+
 # pytest exits 5 when it collects no tests; that is not a failure of the suite.
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest -q tests; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 # The suite without the tests marked slow (those that run the real small model).
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/python -m pytest -q -m "not slow" tests; rc=$$?; [ $$rc -eq 5 ] && exit 0; exit $$rc
 
 bench: install

@@ -25,6 +25,7 @@ LAYERS = [
     ("runs", ("tunelab.runs",)),
     ("eval", ("tunelab.eval",)),
     ("train", ("tunelab.train",)),
+    ("registry", ("tunelab.registry",)),
     ("commands", ("tunelab.sweep", "tunelab.quickstart", "tunelab.cli")),
 ]
 # Inside a layer, sub-layers that must not import their parent layer's other modules either.

@@ -18,31 +18,45 @@ from tunelab.errors import TunelabError
 def cmd_train(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.config import load_config
+    from tunelab.registry.recorder import recording
     from tunelab.train.recipes import train
 
-    train(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
+    config = load_config(args.config, args.overrides)
+    with recording(config.run_dir, url=args.registry):
+        train(config, resume=args.resume, overwrite=args.overwrite)
 
 
 def cmd_quickstart(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
-    from tunelab.quickstart import quickstart
+    from tunelab.quickstart import quickstart_config
+    from tunelab.registry.recorder import recording
+    from tunelab.train.recipes import train
 
-    quickstart(args.overrides, output_dir=args.output_dir)
+    config = quickstart_config(args.overrides, output_dir=args.output_dir)
+    with recording(config.run_dir, url=args.registry):
+        train(config, overwrite=True)
 
 
 def cmd_eval(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
-    from tunelab.eval.cli_eval import evaluate_cli
+    from tunelab.eval.cli_eval import evaluate_cli, output_folder
+    from tunelab.registry.recorder import record_eval
 
     evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline, ensemble=args.ensemble)
+    if not args.ensemble:  # an ensemble is no single model to file results under
+        record_eval(output_folder(args.model, args.data, args.out, None), args.model[0], args.data, url=args.registry)
 
 
 def cmd_sweep(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
+    from tunelab.registry.recorder import recording
     from tunelab.sweep import run_sweep
 
+    def record(run_dir, study):
+        return recording(run_dir, sweep=study, url=args.registry)
+
     run_sweep(args.config, args.overrides, trials=args.trials, storage=args.storage, study_name=args.study,
-              timeout=args.timeout)
+              timeout=args.timeout, record=record)
 
 
 def cmd_export(args) -> None:
@@ -56,6 +70,7 @@ def cmd_data_prepare(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.data.filters import FilterSettings
     from tunelab.data.prepare import format_summary, format_timings, prepare_data, read_timings
+    from tunelab.registry.recorder import record_prepared_folder
 
     filters = FilterSettings(strip_html=args.strip_html, min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                              tokenizer=args.tokenizer, languages=tuple(args.languages or ()),
@@ -67,6 +82,7 @@ def cmd_data_prepare(args) -> None:
                            filters=filters, workers=args.workers)
     print(format_summary(summary))
     print(format_timings(read_timings(args.out)))
+    record_prepared_folder(args.out, url=args.registry)
 
 
 def cmd_data_export(args) -> None:
@@ -154,6 +170,137 @@ def add_augment_parser(data) -> None:
     p.set_defaults(func=cmd_data_augment)
 
 
+def registry_commands():
+    # start-up time: the registry commands load SQLAlchemy (and, for promote, torch) only when they run
+    from tunelab.registry import commands
+
+    return commands
+
+
+def cmd_runs(args) -> None:
+    c = registry_commands()
+    if args.runs_command == "list":
+        c.runs_list(args.registry, args.status, args.limit, args.json)
+    elif args.runs_command == "show":
+        c.runs_show(args.registry, args.run, args.json)
+    else:
+        c.runs_compare(args.registry, args.runs, args.json, args.show)
+
+
+def _tags(items: list[str]) -> dict:
+    tags = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not key:
+            raise TunelabError(f"--tag {item!r}: use KEY or KEY=VALUE")
+        tags[key] = value or None
+    return tags
+
+
+def cmd_models(args) -> None:
+    c = registry_commands()
+    if args.models_command == "register":
+        c.models_register(args.registry, args.run, args.name, _tags(args.tag), args.json)
+    elif args.models_command == "list":
+        c.models_list(args.registry, args.json)
+    elif args.models_command == "show":
+        c.models_show(args.registry, args.name, args.json, card=args.card)
+    elif args.models_command == "promote":
+        c.models_promote(args.registry, args.name, args.version, args.alias, args.gate, args.margin, args.eval_set,
+                         args.force, args.reason, args.json, args.metric)
+    else:
+        c.models_rollback(args.registry, args.name, args.alias, args.json)
+
+
+def cmd_datasets(args) -> None:
+    c = registry_commands()
+    if args.datasets_command == "list":
+        c.datasets_list(args.registry, args.json)
+    else:
+        c.datasets_show(args.registry, args.dataset, args.json)
+
+
+def cmd_lineage(args) -> None:
+    registry_commands().lineage_show(args.registry, args.ref, args.json)
+
+
+def registry_option(parser, json_output: bool = True) -> None:
+    parser.add_argument("--registry", default=None, metavar="URL",
+                        help="registry database URL (default $TUNELAB_REGISTRY_URL, else $TUNELAB_HOME/registry.db)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def add_registry_parsers(sub) -> None:
+    runs = sub.add_parser("runs", help="recorded runs: list, show, compare").add_subparsers(dest="runs_command",
+                                                                                             required=True)
+    p = runs.add_parser("list", help="every recorded run, newest first, with its status")
+    p.add_argument("--status", choices=["running", "finished", "failed", "killed"], default=None)
+    p.add_argument("--limit", type=int, default=None)
+    registry_option(p)
+    p = runs.add_parser("show", help="a run's config, environment, metrics, logged series, evaluations, artifacts")
+    p.add_argument("run", help="run folder, run id (or its first characters) or run name")
+    registry_option(p)
+    p = runs.add_parser("compare", help="config diff, metric deltas and the flip table of two or more runs")
+    p.add_argument("runs", nargs="+", help="run folders, ids or names; the first is the reference")
+    p.add_argument("--show", type=int, default=10, metavar="N", help="flipped items printed per direction")
+    registry_option(p)
+    for p in runs.choices.values():
+        p.set_defaults(func=cmd_runs)
+
+    models = sub.add_parser("models", help="named models: register, list, show, promote, rollback").add_subparsers(
+        dest="models_command", required=True)
+    p = models.add_parser("register", help="a finished run's adapter or model as a new version; writes MODEL_CARD.md")
+    p.add_argument("run", help="run folder, run id or run name")
+    p.add_argument("--name", required=True, help="model name (created on first use)")
+    p.add_argument("--tag", action="append", metavar="KEY[=VALUE]", help="tag the version (repeatable)")
+    registry_option(p)
+    p = models.add_parser("list", help="registered models with their versions and aliases")
+    registry_option(p)
+    p = models.add_parser("show", help="a model's versions, aliases and promotion history")
+    p.add_argument("name", help="NAME, or NAME@VERSION / NAME@ALIAS with --card")
+    p.add_argument("--card", action="store_true", help="print the version's model card")
+    registry_option(p)
+    p = models.add_parser("promote", help="move an alias to a version if it beats the holder on the same items "
+                                          "(paired test)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.add_argument("--alias", default="production")
+    p.add_argument("--gate", choices=["better", "non-inferior"], default="better",
+                   help="better: the 95%% interval of challenger - holder is above 0; non-inferior: above -margin")
+    p.add_argument("--margin", type=float, default=0.0, help="allowed loss for --gate non-inferior, e.g. 0.01")
+    p.add_argument("--metric", choices=["accuracy", "exact_match", "f1", "rouge_l"], default=None,
+                   help="what is compared: accuracy and exact_match by an exact McNemar test, f1 (token F1) and "
+                        "rouge_l by a paired bootstrap (default: accuracy for label answers, else f1)")
+    p.add_argument("--eval-set", default=None, metavar="FILE",
+                   help="score both on this file (default: the holder's registered eval set)")
+    p.add_argument("--force", action="store_true", help="promote even when the gate refuses (needs --reason)")
+    p.add_argument("--reason", default=None, metavar="TEXT", help="why the gate was overridden; kept in the record")
+    registry_option(p)
+    p = models.add_parser("rollback", help="point an alias back at the version it held before")
+    p.add_argument("name")
+    p.add_argument("--alias", default="production")
+    registry_option(p)
+    for p in models.choices.values():
+        p.set_defaults(func=cmd_models)
+
+    datasets = sub.add_parser("datasets", help="recorded dataset versions").add_subparsers(dest="datasets_command",
+                                                                                          required=True)
+    p = datasets.add_parser("list", help="every dataset version with its row counts and runs")
+    registry_option(p)
+    p = datasets.add_parser("show", help="a dataset's versions, settings, report and the runs that used it")
+    p.add_argument("dataset", help="NAME, NAME@VERSION or a content-hash prefix")
+    registry_option(p)
+    for p in datasets.choices.values():
+        p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("lineage", help="dataset versions and rows -> runs -> models -> aliases, from any of them")
+    p.add_argument("ref", help="NAME[@VERSION|@ALIAS], a run (folder, id, name), a dataset (NAME[@N]), row:HASH or "
+                               "FILE:LINE; prefix model:, run:, dataset: or row: when a name is ambiguous")
+    registry_option(p)
+    p.set_defaults(func=cmd_lineage)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune, evaluate and compare language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="LoRA-tune the embedded SmolLM2 on movie sentiment; print base vs tuned")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=20")
     p.add_argument("--output-dir", default="runs")
+    registry_option(p, json_output=False)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="train from a YAML config (use /dev/null and overrides for none)")
@@ -168,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 method=dora")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    registry_option(p, json_output=False)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="hyperparameter search (optuna) over the config's sweep.space; "
@@ -181,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, help="study name (default run_name)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no new trial after this many seconds")
+    registry_option(p, json_output=False)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("eval", help="evaluate a run (tuned vs its base) or a model on a data file")
@@ -193,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for metrics.json and predictions.jsonl")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the base model")
+    registry_option(p, json_output=False)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="merge a run's adapter into its base; write a standalone model folder")
@@ -233,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "answers echoing the prompt), which are quarantined by default")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes that clean rows while one reads (default: one per core for inputs over 32 MB)")
+    registry_option(p, json_output=False)
     p.set_defaults(func=cmd_data_prepare)
 
     p = data.add_parser("export", help="check a data file and write it as chat JSONL for hosted fine-tuning APIs")
@@ -250,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_export)
     add_synth_parser(data)
     add_augment_parser(data)
+    add_registry_parsers(sub)
     return parser
 
 

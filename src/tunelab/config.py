@@ -7,12 +7,13 @@ a default.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
 
@@ -139,6 +140,11 @@ class EarlyStoppingConfig(Section):
                              "end of training, so the saved adapter (or model) is the best one seen.")
 
 
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+# Tracker -> the modules Trainer can log to it with (the first is also the package to install).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
+
+
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps.")
@@ -178,6 +184,28 @@ class TrainConfig(Section):
     seed: int = 42
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when validation loss stops improving, and keep the best weights; null: off.")
+    report_to: list[Tracker] = Field(
+        [], description="Experiment trackers Trainer also logs to, next to train_log.jsonl (which is always "
+        "written), in every task: tensorboard (event files in <run folder>/tensorboard/), mlflow (to "
+        "MLFLOW_TRACKING_URI, or when that is unset a file store in <run folder>/mlruns; the MLflow run is named "
+        "after run_name), wandb (the W&B run is named after run_name; WANDB_MODE=offline keeps it local). Each "
+        "needs its package installed; a name given twice counts once.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_or_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("report_to")
+    @classmethod
+    def _once_each(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    def missing_trackers(self) -> list[str]:
+        """One problem per tracker in report_to whose package is not installed (found without importing it)."""
+        return [f"train.report_to: {name} is not installed; pip install {TRACKER_PACKAGES[name][0]}"
+                for name in self.report_to
+                if not any(importlib.util.find_spec(module) for module in TRACKER_PACKAGES[name])]
 
 
 class LoraConfig(Section):
@@ -289,6 +317,8 @@ class EvalConfig(Section):
         BUNDLED_GENERAL_TEXT, description="task pretrain: general text ({\"text\": ...} rows) whose perplexity is "
         "measured before and after training, to see how much general ability continued pretraining costs "
         "(metrics.json: forgetting). Default: the bundled data/general/general_text.jsonl; null: off.")
+    slices: list[str] = Field([], description="Fields of the test rows' meta to break the metrics down by in the "
+                              "model card (tunelab models register), next to the label and the data.mix source.")
 
 
 class AugmentConfig(Section):
@@ -490,9 +520,10 @@ def setting_default(key: str):
 
 
 def task_problems(config: RunConfig) -> list[str]:
-    """Settings the chosen task would ignore, and methods it cannot train, one line each."""
+    """Settings the chosen task would ignore, methods it cannot train, and trackers (train.report_to) this
+    machine cannot log to, one line each."""
     support = TASKS[config.task]
-    problems = []
+    problems = config.train.missing_trackers()
     if config.method not in support.methods:
         problems.append(f"method: task {config.task} supports method {', '.join(support.methods)}; got {config.method}")
     for key in TASK_SETTINGS:

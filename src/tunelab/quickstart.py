@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import load_config
+from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.train.recipes import train
 
@@ -31,8 +31,11 @@ QUICKSTART = [
 ]
 
 
-def quickstart(overrides: list[str], output_dir: str = "runs") -> dict:
+def quickstart_config(overrides: list[str], output_dir: str = "runs") -> RunConfig:
     if not EXAMPLE_DATA.exists():
         raise TunelabError(f"bundled example data not found at {EXAMPLE_DATA}; run quickstart from a tunelab checkout")
-    config = load_config(None, [f"data.train={EXAMPLE_DATA}", f"output_dir={output_dir}", *QUICKSTART, *overrides])
-    return train(config, overwrite=True)
+    return load_config(None, [f"data.train={EXAMPLE_DATA}", f"output_dir={output_dir}", *QUICKSTART, *overrides])
+
+
+def quickstart(overrides: list[str], output_dir: str = "runs") -> dict:
+    return train(quickstart_config(overrides, output_dir), overwrite=True)

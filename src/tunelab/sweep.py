@@ -16,6 +16,8 @@ import math
 import time
 import traceback
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import optuna
@@ -193,8 +195,12 @@ def open_study(config: RunConfig, storage: str | None, study_name: str | None, s
 
 
 def run_sweep(config_path, overrides: list[str] = (), trials: int | None = None, storage: str | None = None,
-              study_name: str | None = None, timeout: float | None = None) -> optuna.Study:
-    """Run ``trials`` more trials (default sweep.trials) of the config's study, then write the summary."""
+              study_name: str | None = None, timeout: float | None = None,
+              record: Callable[[Path, str], AbstractContextManager] | None = None) -> optuna.Study:
+    """Run ``trials`` more trials (default sweep.trials) of the config's study, then write the summary.
+
+    ``record(run_dir, study_name)`` wraps each trial's training (the command line records trials in the
+    registry this way)."""
     if trials is not None and trials < 1:
         raise TunelabError(f"--trials must be at least 1; got {trials}")
     overrides = list(overrides)
@@ -214,7 +220,8 @@ def run_sweep(config_path, overrides: list[str] = (), trials: int | None = None,
         try:
             # Trials skip the base arm: it is the same model on the same examples in every trial.
             trial_cfg = config_with(config_path, overrides, params, sweep_dir, run_dir.name, "eval.baseline=false")
-            metrics = train(trial_cfg, callbacks=callbacks)
+            with record(run_dir, study.study_name) if record else nullcontext():
+                metrics = train(trial_cfg, callbacks=callbacks)
             return metric_value(metrics, sweep.metric)
         except optuna.TrialPruned:
             raise

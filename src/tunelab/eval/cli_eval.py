@@ -47,17 +47,24 @@ def evaluate_cli(models: str | list[str], data: str, out: str | None, max_exampl
         records = random.Random(0).sample(records, max_examples)
     if ensemble:
         metrics, task, arms = evaluate_ensemble(models, records, kind, ensemble, data)
-        default_out = Path(".") / f"eval-ensemble-{Path(data).stem}"
     else:
         metrics, task, arms = evaluate_one(models[0], records, kind, baseline, data)
-        default_out = (Path(models[0]) if RunFolder.is_run(models[0]) else Path(".")) / f"eval-{Path(data).stem}"
     metrics["data"] = {"file": data, "examples": len(records), "quarantined": len(rejected)}
-    out_dir = Path(out) if out else default_out
+    out_dir = output_folder(models, data, out, ensemble)
     atomic_write_json(out_dir / "metrics.json", metrics)
     atomic_write_jsonl(out_dir / "predictions.jsonl", prediction_rows(task, arms))
     print(comparison_table(metrics, arms=list(arms)) if ensemble else comparison_table(metrics))
     print(f"wrote {out_dir / 'metrics.json'} and predictions.jsonl")
     return metrics
+
+
+def output_folder(models: list[str], data: str, out: str | None, ensemble: str | None) -> Path:
+    """Where ``tunelab eval`` writes: ``out``, else eval-<data> inside the run folder (or here)."""
+    if out:
+        return Path(out)
+    if ensemble:
+        return Path(".") / f"eval-ensemble-{Path(data).stem}"
+    return (Path(models[0]) if RunFolder.is_run(models[0]) else Path(".")) / f"eval-{Path(data).stem}"
 
 
 def evaluate_one(model: str, records: list[Record], kind: str, baseline: bool, data: str,
@@ -109,7 +116,7 @@ def evaluate_classifier_run(loaded: LoadedModel, records: list[Record], kind: st
         return evaluate_classifier(model, loaded.tokenizer, features, loaded.labels, loaded.config.eval.batch_size)
 
     metrics, arms = evaluate_arms(loaded.model, evaluate, baseline, loaded.load_base)
-    task = EvalTask("labeled", [r.text for r in records], [], [r.label for r in records], loaded.labels, [])
+    task = EvalTask("labeled", [r.text for r in records], [], [r.label for r in records], loaded.labels, [], records)
     return metrics, task, arms
 
 
@@ -157,7 +164,7 @@ def evaluate_ensemble(models: list[str], records: list[Record], kind: str, metho
     else:
         metrics, arms = ens.text_ensemble(outputs, references)
     metrics[ens.ENSEMBLE] |= {"method": method, "members": dict(zip(names, models))}
-    task = EvalTask(kind, inputs, [], references, labels, [])
+    task = EvalTask(kind, inputs, [], references, labels, [], records)
     return metrics, task, arms
 
 

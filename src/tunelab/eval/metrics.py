@@ -86,7 +86,7 @@ def exact_match(references: list[str], predictions: list[str]) -> float:
     return sum(hits) / len(hits)
 
 
-def _token_f1(reference: str, prediction: str) -> float:
+def token_f1(reference: str, prediction: str) -> float:
     ref_tokens = normalize_answer(reference).split()
     pred_tokens = normalize_answer(prediction).split()
     if not ref_tokens or not pred_tokens:
@@ -103,7 +103,7 @@ def _token_f1(reference: str, prediction: str) -> float:
 def f1(references: list[str], predictions: list[str]) -> float:
     """Token-overlap F1 (SQuAD style), averaged over examples; gives partial credit."""
     _check_pairs(references, predictions)
-    return sum(_token_f1(r, p) for r, p in zip(references, predictions)) / len(references)
+    return sum(token_f1(r, p) for r, p in zip(references, predictions)) / len(references)
 
 
 def rouge_l(references: list[str], predictions: list[str]) -> float:
@@ -122,6 +122,20 @@ def bleu(references: list[str], predictions: list[str]) -> float:
     _check_pairs(references, predictions)
     score = sacrebleu.corpus_bleu(predictions, [references]).score / 100
     return min(1.0, float(score))  # sacrebleu can return 100.00000000000004
+
+
+def item_scores(metric: str, references: list[str], predictions: list[str]) -> list[float]:
+    """Each example's own score under ``metric`` (accuracy and exact_match: 0 or 1; f1; rouge_l), the
+    per-item results that paired comparisons of two models need."""
+    _check_pairs(references, predictions)
+    if metric in ("accuracy", "exact_match"):
+        return [float(normalize_answer(r) == normalize_answer(p)) for r, p in zip(references, predictions)]
+    if metric == "f1":
+        return [token_f1(r, p) for r, p in zip(references, predictions)]
+    if metric == "rouge_l":
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        return [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(references, predictions)]
+    raise ValueError(f"no per-item score for {metric!r}; choose accuracy, exact_match, f1 or rouge_l")
 
 
 def text_metrics(references: list[str], predictions: list[str]) -> dict:

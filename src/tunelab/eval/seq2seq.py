@@ -49,7 +49,7 @@ def seq2seq_eval_task(tokenizer, test: list[Record], heldout: list[Record], kind
     shown = pairs_of(test, choices, config)
     encoded = encode_pairs(tokenizer, pairs_of(heldout, choices, config), config.train.max_length)
     return EvalTask(kind, [p.shown for p in shown], [p.source for p in shown], [p.target for p in shown], choices,
-                    [e for e in encoded if e.labels])
+                    [e for e in encoded if e.labels], list(test))
 
 
 def seq2seq_arm(tokenizer, task: EvalTask, config: RunConfig) -> EvaluateArm:

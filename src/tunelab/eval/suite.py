@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tunelab.data.records import Record
+from tunelab.data.split import row_hash
 from tunelab.data.templates import Encoded, encode_chat, encode_text, prompt_text, to_messages
 from tunelab.eval.metrics import label_arm, perplexity, text_metrics
 from tunelab.inference.generate import generate
@@ -34,6 +35,7 @@ class EvalTask:
     references: list[str]
     choices: list[str] | None
     heldout: list[Encoded]
+    records: list[Record] = field(default_factory=list)  # the evaluated rows, in the order of inputs
 
 
 def build_eval_task(tokenizer, test: list[Record], val: list[Record], kind: str, choices, label_prompt: str,
@@ -50,7 +52,7 @@ def build_eval_task(tokenizer, test: list[Record], val: list[Record], kind: str,
         inputs.append(record.text if record.kind == "labeled" else messages[last - 1]["content"])
     heldout = [encode_chat(tokenizer, to_messages(r, choices, label_prompt, system_prompt), max_length)
                for r in (val or test)]
-    return EvalTask(kind, inputs, prompts, references, choices, heldout)
+    return EvalTask(kind, inputs, prompts, references, choices, heldout, list(test))
 
 
 def evaluate_model(model, tokenizer, task: EvalTask, batch_size: int, max_new_tokens: int, max_length: int,
@@ -90,10 +92,16 @@ def label_results(scores: list[list[float]], choices: list[str], references: lis
 
 
 def prediction_rows(task: EvalTask, arms: dict[str, list[dict]]) -> list[dict]:
-    """Rows for predictions.jsonl: input, reference and each arm's prediction side by side."""
+    """Rows for predictions.jsonl: input, reference and each arm's prediction side by side. With the
+    task's records, each row also names its item (the row hash, which pairs items across runs) and the
+    record's meta (slices such as the mix source)."""
     rows = []
     for i, (text, reference) in enumerate(zip(task.inputs, task.references)):
         row = {"id": i, "input": text, "reference": reference}
+        if task.records:
+            row["item"] = row_hash(task.records[i])
+            if task.records[i].meta:
+                row["meta"] = task.records[i].meta
         for arm, preds in arms.items():
             row[f"{arm}_prediction"] = preds[i]["prediction"]
             row[f"{arm}_correct"] = preds[i]["correct"]

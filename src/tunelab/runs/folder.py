@@ -6,7 +6,9 @@ the dashboard all go through ``RunFolder``, so the layout is spelled out once:
     config.yaml         the fully resolved config
     status.json         running / finished / failed / killed, with the process id and times
     metrics.json        base vs tuned (and train, data) figures
-    predictions.jsonl   per-example predictions of every arm
+    predictions.jsonl   per-example predictions of every arm, each with its item (row hash)
+    eval_set.jsonl      the evaluated rows, in the order of predictions.jsonl
+    data_manifest.json  the row hash of every train/val/test row the run read (for lineage)
     adapter/ or model/  peft adapter, or full weights (method full or freeze), with the tokenizer
     artifacts.json      sha256 and size of every file above, written when the run finishes
     report.md, training_curve.png, train_log.jsonl, data_summary.json, quarantine.jsonl, checkpoints/
@@ -31,8 +33,9 @@ from tunelab.io import atomic_write_json, read_json, read_jsonl
 from tunelab.modeling.methods import WHOLE_MODEL_METHODS
 
 STATUSES = ("running", "finished", "failed", "killed")
-ARTIFACT_FILES = ("config.yaml", "metrics.json", "predictions.jsonl", "report.md", "training_curve.png",
-                  "train_log.jsonl", "data_summary.json", "quarantine.jsonl")
+ARTIFACT_FILES = ("config.yaml", "metrics.json", "predictions.jsonl", "eval_set.jsonl", "report.md",
+                  "training_curve.png", "train_log.jsonl", "data_summary.json", "data_manifest.json",
+                  "quarantine.jsonl")
 HASH_CHUNK = 1 << 20
 
 
@@ -61,6 +64,8 @@ class RunFolder:
     status_path = property(lambda self: self.path / "status.json")
     metrics_path = property(lambda self: self.path / "metrics.json")
     predictions_path = property(lambda self: self.path / "predictions.jsonl")
+    eval_set_path = property(lambda self: self.path / "eval_set.jsonl")
+    data_manifest_path = property(lambda self: self.path / "data_manifest.json")
     artifacts_path = property(lambda self: self.path / "artifacts.json")
     report_path = property(lambda self: self.path / "report.md")
     curve_path = property(lambda self: self.path / "training_curve.png")
@@ -126,7 +131,7 @@ class RunFolder:
         if recorded is None:  # runs from before status.json: finished when they wrote metrics
             return RunStatus("finished" if self.metrics_path.exists() else "failed", reason="no status.json")
         status = RunStatus(**{key: recorded.get(key) for key in RunStatus.__dataclass_fields__})
-        if status.status == "running" and status.host == socket.gethostname() and not _alive(status.pid):
+        if status.status == "running" and status.host == socket.gethostname() and not process_alive(status.pid):
             return RunStatus("failed", status.pid, status.host, status.started, None,
                              "the training process ended without recording an end", self.last_step())
         return status
@@ -194,7 +199,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists on this host."""
     if not pid:
         return False
     try:

@@ -27,7 +27,7 @@ from tunelab.data.dataset import Splits
 from tunelab.data.mixing import source_of
 from tunelab.errors import TunelabError
 from tunelab.eval.classifier import evaluate_classifier
-from tunelab.eval.suite import EvalTask, prediction_rows
+from tunelab.eval.suite import EvalTask
 from tunelab.inference.classifier import TARGETS, encode, heldout_loss
 from tunelab.io import atomic_write_json
 from tunelab.modeling.load import load_classifier, model_inputs
@@ -160,6 +160,5 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     # ---- save and report (fit_padded saved the weights; the label set goes beside them)
     atomic_write_json(run.folder.weights_dir_for(config.method) / "labels.json",
                       {"labels": labels, "label2id": label2id, "class_weights": weights})
-    task = EvalTask("labeled", [r.text for r in test], [], [r.label for r in test], labels, [])
-    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary},
-                      prediction_rows(task, arms))
+    task = EvalTask("labeled", [r.text for r in test], [], [r.label for r in test], labels, [], test)
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary}, task, arms)

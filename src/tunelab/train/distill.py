@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 from tunelab.config import RunConfig
 from tunelab.data.templates import IGNORE_INDEX
 from tunelab.errors import TunelabError
-from tunelab.eval.suite import evaluate_model, prediction_rows
+from tunelab.eval.suite import evaluate_model
 from tunelab.model_files import resolve_model
 from tunelab.modeling.fast import prepare_for_inference
 from tunelab.modeling.load import load_causal_lm, load_tokenizer
@@ -214,5 +214,4 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
         metrics["teacher"], arms["teacher"] = evaluate_model(teacher, tokenizer, data.eval_task, *args, "teacher")
 
     # ---- save and report
-    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary},
-                      prediction_rows(data.eval_task, arms))
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary}, data.eval_task, arms)

@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from tunelab.config import RunConfig
 from tunelab.data.pack import collate_packed, collate_padded, width_multiple
 from tunelab.data.templates import IGNORE_INDEX, Encoded
+from tunelab.eval.suite import EvalTask, prediction_rows
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 from tunelab.memory import peak_rss_mb, release_memory
 from tunelab.modeling.fast.compile import compiled_layers, should_compile
@@ -34,6 +35,7 @@ from tunelab.runs.folder import RunFolder
 from tunelab.runs.report import comparison_table, write_report
 from tunelab.train.curriculum import curriculum_order
 from tunelab.train.steps import StepSampler, plan_steps, tokens_by_global_step
+from tunelab.train.trackers import trackers
 
 RELEASE_EVERY_STEPS = 8  # see ReleaseMemoryCallback
 
@@ -155,7 +157,8 @@ def training_arguments(config: RunConfig, checkpoint_dir: Path, micro_batches: t
         save_total_limit=2,
         seed=t.seed,
         data_seed=t.seed,
-        report_to=[],
+        report_to=list(t.report_to),  # next to JsonlLogCallback's train_log.jsonl, never instead of it
+        run_name=config.run_name,  # the MLflow and W&B run's name
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -194,22 +197,23 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, folder: Ru
     total_steps = t.max_steps or math.ceil(t.epochs * plan.steps)
     epochs = math.ceil(t.epochs) if not t.max_steps else max(1, math.ceil(t.max_steps / plan.steps))
     tokens_per_step = tokens_by_global_step(plan, epochs, t.seed, shuffle)
-    trainer = AnswerLossTrainer(
-        model=model,
-        args=training_arguments(config, folder.checkpoints_dir, micro_batches=(1, plan.per_step),
-                                total_steps=total_steps),
-        train_dataset=plan.micro_batches,
-        data_collator=collate,
-        callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
-        loss_fn=loss_fn,
-        train_sampler=StepSampler(plan, t.seed, shuffle),
-    )
     compiled = should_compile(t.compile, plan.per_step * total_steps)
-    if compiled:
-        print("compiling the decoder layers (train.compile; 30-45 s the first time, a few seconds once cached)",
-              flush=True)
-    with compiled_layers(model, compiled):
-        figures = train_and_measure(trainer, folder, resume, tokens_per_step)
+    with trackers(config, folder.path):
+        trainer = AnswerLossTrainer(
+            model=model,
+            args=training_arguments(config, folder.checkpoints_dir, micro_batches=(1, plan.per_step),
+                                    total_steps=total_steps),
+            train_dataset=plan.micro_batches,
+            data_collator=collate,
+            callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
+            loss_fn=loss_fn,
+            train_sampler=StepSampler(plan, t.seed, shuffle),
+        )
+        if compiled:
+            print("compiling the decoder layers (train.compile; 30-45 s the first time, a few seconds once cached)",
+                  flush=True)
+        with compiled_layers(model, compiled):
+            figures = train_and_measure(trainer, folder, resume, tokens_per_step)
     save_weights(model, tokenizer, folder, config)
     return figures | {"micro_batches_per_step": plan.per_step, "compiled": compiled, "segment_attention": segments,
                       "rows": sum(len(rows) for rows in plan.micro_batches if rows)}
@@ -228,16 +232,17 @@ def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: 
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens = [len(f["input_ids"]) + (len(f["labels"]) if isinstance(f["labels"], list) else 0) for f in features]
     tokens_per_step = [sum(tokens[i:i + batch]) for i in range(0, len(features), batch)]
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=features,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
-        loss_fn=loss_fn,
-    )
-    figures = train_and_measure(trainer, folder, resume, tokens_per_step) | {"examples": len(features)}
+    with trackers(config, folder.path):
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=features,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
+            loss_fn=loss_fn,
+        )
+        figures = train_and_measure(trainer, folder, resume, tokens_per_step) | {"examples": len(features)}
     save_weights(model, tokenizer, folder, config)
     return figures
 
@@ -280,11 +285,14 @@ def close_progress_bars(trainer: Trainer) -> None:
             callback.training_bar = None
 
 
-def finish_run(folder: RunFolder, metrics: dict, predictions: list[dict]) -> dict:
-    """Write metrics.json, predictions.jsonl, report.md and the artifacts' checksums, mark the run
-    finished, and print the base-vs-tuned table."""
+def finish_run(folder: RunFolder, metrics: dict, task: EvalTask | None = None, arms: dict | None = None) -> dict:
+    """Write metrics.json, predictions.jsonl (each arm's answers on ``task``), eval_set.jsonl (the evaluated
+    rows, so the same items can be scored again for a paired comparison), report.md and the artifacts'
+    checksums, mark the run finished, and print the base-vs-tuned table."""
     atomic_write_json(folder.metrics_path, metrics)
-    atomic_write_jsonl(folder.predictions_path, predictions)
+    atomic_write_jsonl(folder.predictions_path, prediction_rows(task, arms or {}) if task else [])
+    if task and task.records:
+        atomic_write_jsonl(folder.eval_set_path, [record.to_json() for record in task.records])
     report = write_report(folder.path)
     folder.write_artifacts()
     folder.mark_ended("finished")

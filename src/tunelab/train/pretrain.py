@@ -49,4 +49,4 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
         metrics["forgetting"] = forgetting.compare(model, tokenizer)
 
     # ---- save and report
-    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary}, [])
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary})

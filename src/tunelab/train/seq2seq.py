@@ -26,7 +26,7 @@ from tunelab.data.templates import label_choices
 from tunelab.errors import TunelabError
 from tunelab.eval.by_source import add_metrics_by_source
 from tunelab.eval.seq2seq import pairs_of, seq2seq_arm, seq2seq_eval_task
-from tunelab.eval.suite import evaluate_arms, prediction_rows
+from tunelab.eval.suite import evaluate_arms
 from tunelab.inference.seq2seq import collator, heldout_target_nll, target_loss_sum
 from tunelab.modeling.fast import prepare_for_inference
 from tunelab.modeling.load import load_seq2seq
@@ -97,5 +97,4 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
         add_metrics_by_source(metrics, arms, task, test, heldout, heldout_loss)
 
     # ---- report
-    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary},
-                      prediction_rows(task, arms))
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data_summary}, task, arms)

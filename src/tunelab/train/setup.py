@@ -16,6 +16,7 @@ from transformers import set_seed
 
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.dataset import Splits, load_splits, write_quarantine
+from tunelab.data.split import row_hash
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.modeling.fast import prepare_for_training
@@ -83,8 +84,12 @@ def start_run(config: RunConfig, resume: bool, overwrite: bool, kinds: tuple[str
 
 
 def write_data_summary(folder: RunFolder, splits: Splits, **extra) -> dict:
+    """data_summary.json, and data_manifest.json: the row hash of every row of each split, which lets the
+    registry answer which runs saw a given row."""
     summary = splits.summary() | extra
     atomic_write_json(folder.data_summary_path, summary)
+    atomic_write_json(folder.data_manifest_path,
+                      {name: [row_hash(r) for r in getattr(splits, name)] for name in ("train", "val", "test")})
     return summary
 
 

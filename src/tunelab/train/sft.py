@@ -16,7 +16,7 @@ from tunelab.data.records import Record
 from tunelab.data.templates import encode_chat, label_choices, to_messages
 from tunelab.errors import TunelabError
 from tunelab.eval.by_source import add_metrics_by_source
-from tunelab.eval.suite import EvalTask, build_eval_task, causal_lm_arm, evaluate_arms, prediction_rows
+from tunelab.eval.suite import EvalTask, build_eval_task, causal_lm_arm, evaluate_arms
 from tunelab.modeling.fast import prepare_for_inference
 from tunelab.modeling.load import load_causal_lm
 from tunelab.train.early_stopping import EarlyStopping
@@ -100,6 +100,5 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
                                             config, run.splits.mixing)
 
     # ---- save and report
-    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary},
-                      prediction_rows(data.eval_task, arms))
+    return finish_run(run.folder, metrics | {"train": train_metrics, "data": data.data_summary}, data.eval_task, arms)
 

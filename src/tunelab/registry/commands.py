@@ -1,0 +1,265 @@
+"""The registry's commands: ``tunelab runs``, ``models``, ``datasets`` and ``lineage``.
+
+Each function opens the registry, does one thing and prints it as text, or as JSON with ``as_json``
+(for scripts). cli.py maps subcommands onto them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from tunelab.errors import TunelabError
+from tunelab.registry.card_data import write_card
+from tunelab.registry.compare import compare_runs
+from tunelab.registry.db import open_registry
+from tunelab.registry.gate import promote
+from tunelab.registry.lineage import format_lineage, lineage
+from tunelab.registry.models import list_models as model_rows
+from tunelab.registry.models import register, resolve, rollback, show_model
+from tunelab.registry.queries import find_run, list_runs, run_details
+from tunelab.registry.schema import Dataset, DatasetVersion, Run
+from tunelab.tables import text_table
+
+MAX_FLIPS_SHOWN = 10
+
+
+def emit(data, text: str, as_json: bool) -> None:
+    print(json.dumps(data, indent=2, default=str, ensure_ascii=False) if as_json else text)
+
+
+def _number(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def _signed(value) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+# ---- runs
+
+def runs_list(url: str | None, status: str | None, limit: int | None, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        runs = list_runs(session, status, limit)
+    rows = [[r["id"], r["name"], r["status"] + (f" (step {r['last_step']})" if r.get("last_step") else ""),
+             r["task"], r["method"], r.get("dataset"), _headline(r["metrics"]), r["created"][:19]] for r in runs]
+    emit(runs, text_table(["id", "name", "status", "task", "method", "data", "tuned", "created"], rows)
+         if runs else "no runs recorded yet (tunelab train records each run)", as_json)
+
+
+def _headline(metrics: dict) -> str:
+    for name in ("tuned.accuracy", "tuned.f1", "tuned.rouge_l", "tuned.loss"):
+        if name in metrics:
+            return f"{name.split('.')[1]} {metrics[name]:.4f}"
+    return "-"
+
+
+def runs_show(url: str | None, ref: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        details = run_details(session, find_run(session, ref))
+    lines = [f"run {details['name']} ({details['id']})  {details['status']}"
+             + (f": {details['reason']} (last step {details.get('last_step')})" if details.get("reason") else ""),
+             f"  folder    {details['path']}",
+             f"  task      {details['task']}, method {details['method']}, base {details['base_model']}, "
+             f"seed {details['seed']}",
+             f"  data      {details.get('dataset') or '-'}",
+             f"  code      git {details['git_commit'] or '-'}; "
+             + ", ".join(f"{k} {v}" for k, v in (details["packages"] or {}).items()),
+             "  hardware  " + ", ".join(f"{k} {v}" for k, v in (details["hardware"] or {}).items())]
+    if details["metrics"]:
+        lines.append("  metrics   " + ", ".join(f"{k} {_number(v)}" for k, v in details["metrics"].items()))
+    for name, info in details["series"].items():
+        lines.append(f"  logged    {name}: {info['points']} points, last {_number(info['last'])} "
+                     f"at step {info['last_step']}")
+    for evaluation in details["evaluations"]:
+        lines.append(f"  eval      {evaluation['arm']} on {evaluation['items']} items (set "
+                     f"{evaluation['eval_set']}): " + ", ".join(f"{k} {_number(v)}"
+                                                               for k, v in evaluation["metrics"].items()))
+    lines.append(f"  artifacts {len(details['artifacts'])} files with sha256")
+    emit(details, "\n".join(lines), as_json)
+
+
+def runs_compare(url: str | None, refs: list[str], as_json: bool, shown: int = MAX_FLIPS_SHOWN) -> None:
+    if len(refs) < 2:
+        raise TunelabError("runs compare needs at least two runs")
+    registry = open_registry(url)
+    with registry.session() as session:
+        result = compare_runs(session, refs)
+    emit(result, format_comparison(result, shown), as_json)
+
+
+def format_comparison(result: dict, shown: int = MAX_FLIPS_SHOWN) -> str:
+    names = [r["name"] for r in result["runs"]]
+    lines = ["config (only what differs):"]
+    diff = result["config_diff"]
+    lines.append(text_table(["key", *names], [[k, *[json.dumps(v) for v in values]] for k, values in diff.items()])
+                 if diff else "  (identical)")
+    lines.append("")
+    lines.append(f"metrics (delta from {names[0]}):")
+    rows = [[name, *[f"{_number(v)} ({_signed(d)})" if i else _number(v)
+                     for i, (v, d) in enumerate(zip(m["values"], m["deltas"]))]]
+            for name, m in result["metrics"].items()]
+    lines.append(text_table(["metric", *names], rows) if rows else "  (no metrics)")
+    for flip in result["flips"]:
+        lines.append("")
+        if "note" in flip:
+            lines.append(f"flips: {flip['note']}")
+            continue
+        lines.append(f"flips from {flip['from']} to {flip['to']} on {flip['shared']} shared items: "
+                     f"{len(flip['right_to_wrong'])} right->wrong, {len(flip['wrong_to_right'])} wrong->right, "
+                     f"{flip['both_right']} right in both, {flip['both_wrong']} wrong in both")
+        for title, items in (("right->wrong", flip["right_to_wrong"]), ("wrong->right", flip["wrong_to_right"])):
+            if items:
+                table = [[i["input"], i["reference"], i["before"], i["after"]] for i in items[:shown]]
+                lines.append(f"  {title}:")
+                lines.append(text_table(["input", "reference", flip["from"], flip["to"]], table))
+                if len(items) > shown:
+                    lines.append(f"  ... {len(items) - shown} more (--json lists all)")
+    return "\n".join(lines)
+
+
+# ---- models
+
+def models_register(url: str | None, run_ref: str, name: str, tags: dict, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        version, created = register(session, run_ref, name, tags)
+        card = write_card(session, version)
+        run = session.get(Run, version.run_id)
+        result = {"name": name, "version": version.version, "created": created, "run": run.name,
+                  "run_id": run.id, "artifact": version.artifact_path, "artifact_sha256": version.artifact_sha256,
+                  "card": str(card)}
+    text = (f"registered {name} v{result['version']} from run {result['run']} ({result['run_id']})"
+            if created else f"run {result['run']} already is {name} v{result['version']}")
+    emit(result, f"{text}\n  weights {result['artifact']} (sha256 {result['artifact_sha256'][:12]})\n"
+                 f"  card    {result['card']}", as_json)
+
+
+def models_list(url: str | None, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        models = model_rows(session)
+    rows = [[m["name"], m["versions"], ", ".join(f"@{a} -> v{v}" for a, v in m["aliases"].items()) or "-",
+             m["created"][:19]] for m in models]
+    emit(models, text_table(["name", "versions", "aliases", "created"], rows) if models
+         else "no models registered yet (tunelab models register RUN --name NAME)", as_json)
+
+
+def models_show(url: str | None, ref: str, as_json: bool, card: bool = False) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        if card:
+            _, version = resolve(session, ref)
+            emit({"card": version.card}, version.card or "no card", as_json)
+            return
+        info = show_model(session, ref.partition("@")[0])
+    aliases = ", ".join(f"@{a} -> v{v}" for a, v in info["aliases"].items()) or "none"
+    lines = [f"model {info['name']}  aliases: {aliases}"]
+    lines.append(text_table(["version", "run", "tuned metrics", "last gate", "created"],
+                            [[f"v{v['version']}", f"{v['run']} ({v['run_id']})",
+                              ", ".join(f"{k} {_number(x)}" for k, x in list(v["metrics"].items())[:3]),
+                              _gate_word(v["last_gate"]), v["created"][:19]] for v in info["versions"]]))
+    if info["history"]:
+        lines.append("history:")
+        for event in info["history"]:
+            extra = f" forced: {event['reason']}" if event["forced"] else ""
+            extra += f" ({event['reason']})" if event["action"] == "rollback" and event["reason"] else ""
+            lines.append(f"  {event['time'][:19]}  @{event['alias']}  {event['action']} v{event['version']}"
+                         + (f" (was v{event['previous']})" if event["previous"] else "") + extra)
+    emit(info, "\n".join(lines), as_json)
+
+
+def _gate_word(gate: dict | None) -> str:
+    if not gate:
+        return "-"
+    if gate.get("forced"):
+        return f"forced @{gate.get('alias')}"
+    return f"{'passed' if gate.get('passed') else 'refused'} @{gate.get('alias')}"
+
+
+def models_promote(url: str | None, name: str, version: int, alias: str, gate: str, margin: float,
+                   eval_set: str | None, force: bool, reason: str | None, as_json: bool, metric: str | None = None,
+                   ) -> None:
+    registry = open_registry(url)
+    try:
+        result = promote(registry, name, version, alias, gate, margin, eval_set, force, reason, metric)
+    finally:
+        try:
+            _refresh_card(registry, name, version)
+        except TunelabError:
+            pass  # no such model or version: promote's own error says so
+    verb = "promoted (forced)" if result.get("forced") else "promoted"
+    emit(result, f"{verb}: {name}@{alias} -> v{version}\n{result['message']}", as_json)
+
+
+def _refresh_card(registry, name: str, version: int) -> None:
+    """The card shows the last gate result, refused ones included."""
+    with registry.session() as session:
+        _, found = resolve(session, f"{name}@{version}")
+        write_card(session, found)
+
+
+def models_rollback(url: str | None, name: str, alias: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        came_from, target = rollback(session, name, alias)
+        result = {"name": name, "alias": alias, "from": came_from.version, "to": target.version,
+                  "time": datetime.now(timezone.utc).isoformat()}
+    emit(result, f"rolled back {name}@{alias}: v{result['from']} -> v{result['to']}", as_json)
+
+
+# ---- lineage and datasets
+
+def lineage_show(url: str | None, ref: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        graph = lineage(session, ref)
+    emit(graph, format_lineage(graph), as_json)
+
+
+def datasets_list(url: str | None, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        rows = session.execute(select(Dataset, DatasetVersion).join(DatasetVersion, DatasetVersion.dataset_id ==
+                                                                    Dataset.id)
+                               .order_by(Dataset.name, DatasetVersion.version)).all()
+        data = [{"dataset": d.name, "version": v.version, "hash": v.content_hash, "rows": v.rows,
+                 "origin": v.origin, "kind": v.kind, "path": v.path, "created": v.created.isoformat(),
+                 "runs": len(session.scalars(select(Run.id).where(Run.dataset_version_id == v.id)).all())}
+                for d, v in rows]
+    table = text_table(["dataset", "version", "hash", "train", "val", "test", "origin", "runs"],
+                       [[d["dataset"], f"v{d['version']}", d["hash"][:12], d["rows"].get("train"),
+                         d["rows"].get("val"), d["rows"].get("test"), d["origin"], d["runs"]] for d in data])
+    emit(data, table if data else "no datasets recorded yet (tunelab data prepare and tunelab train record them)",
+         as_json)
+
+
+def datasets_show(url: str | None, ref: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        graph = lineage(session, f"dataset:{ref}")
+        name = ref.partition("@")[0]
+        versions = session.scalars(select(DatasetVersion).join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                                   .where((Dataset.name == name) | DatasetVersion.content_hash.startswith(ref))
+                                   .order_by(DatasetVersion.version)).all()
+        info = {"versions": [{"version": v.version, "hash": v.content_hash, "rows": v.rows, "kind": v.kind,
+                              "origin": v.origin, "path": v.path, "settings": v.settings, "report": v.report}
+                             for v in versions], "lineage": graph}
+    lines = []
+    for v in info["versions"]:
+        report = v["report"] or {}
+        lines.append(f"{name} v{v['version']}  {v['hash'][:12]}  {v['kind'] or ''}  from {v['origin']}  "
+                     f"{v['path'] or ''}")
+        counts = [f"rows {v['rows']}"] + [f"{key.replace('_', ' ')} {report[key]}"
+                                          for key in ("quarantined", "near_duplicates") if key in report]
+        lines.append("  " + ", ".join(counts))
+        if v["settings"]:
+            lines.append("  settings " + json.dumps(v["settings"], default=str))
+    lines.append(format_lineage(graph))
+    emit(info, "\n".join(lines), as_json)

@@ -1,0 +1,185 @@
+"""The registry's tables (SQLAlchemy 2). Alembic migrations in ``migrations/`` create them; a test checks
+that the migrations and these models agree.
+
+The run folder stays the source of artifacts: the registry indexes runs, their metric series,
+artifact checksums, datasets with per-row hashes, evaluations with per-item results, and named models
+with versions and aliases. It never copies weights.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    """A named dataset (a prepared folder's name, or the stem of a training file)."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class DatasetVersion(Base):
+    """One content of a dataset: its train/val/test rows, identified by their content hash."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str | None] = mapped_column(String(20))  # chat, labeled, text
+    rows: Mapped[dict] = mapped_column(JSON)  # split -> row count
+    path: Mapped[str | None] = mapped_column(Text)  # the prepared folder, or the files a run read
+    origin: Mapped[str] = mapped_column(String(20))  # "prepare" (tunelab data prepare) or "run" (a run's splits)
+    settings: Mapped[dict | None] = mapped_column(JSON)  # the prepare settings, or the run's data section
+    report: Mapped[dict | None] = mapped_column(JSON)  # the data report summary
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class DatasetRow(Base):
+    """The manifest: which row (by its hash) sits in which split of a dataset version."""
+
+    __tablename__ = "dataset_rows"
+    __table_args__ = (Index("ix_dataset_rows_hash", "row_hash"),)
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(8), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Run(Base):
+    """A training run, written while it goes: status, config, environment, final metrics."""
+
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(String(12))  # running, finished, failed, killed
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    started: Mapped[float | None] = mapped_column(Float)
+    ended: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str | None] = mapped_column(Text)
+    last_step: Mapped[int | None] = mapped_column(Integer)
+    task: Mapped[str | None] = mapped_column(String(20))
+    method: Mapped[str | None] = mapped_column(String(20))
+    base_model: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict | None] = mapped_column(JSON)
+    packages: Mapped[dict | None] = mapped_column(JSON)
+    git_commit: Mapped[str | None] = mapped_column(String(64))
+    hardware: Mapped[dict | None] = mapped_column(JSON)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    sweep: Mapped[str | None] = mapped_column(String(200))  # the sweep a trial belongs to
+    dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
+class MetricPoint(Base):
+    """One logged value of a run's metric series (train_log.jsonl)."""
+
+    __tablename__ = "metric_points"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Artifact(Base):
+    """A file of a run folder with its checksum; the file itself stays in the folder."""
+
+    __tablename__ = "artifacts"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(500), primary_key=True)
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Evaluation(Base):
+    """A model scored on an eval set (by content hash), with per-item results in EvalItem."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_lookup", "model_key", "eval_set_hash", "code_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_key: Mapped[str] = mapped_column(String(200))  # "run:<id>" (its tuned weights) or "base:<model>"
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    arm: Mapped[str] = mapped_column(String(20))  # tuned or base
+    eval_set_hash: Mapped[str] = mapped_column(String(64))
+    eval_set_path: Mapped[str | None] = mapped_column(Text)
+    code_version: Mapped[str] = mapped_column(String(100))
+    metrics: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class EvalItem(Base):
+    __tablename__ = "eval_items"
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_hash: Mapped[str] = mapped_column(String(64), index=True)
+    prediction: Mapped[str | None] = mapped_column(Text)
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)  # per-item token F1 for free text
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ModelVersion(Base):
+    """A run's adapter or full model under a model name."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))  # over the weights folder's files and checksums
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    card: Mapped[str | None] = mapped_column(Text)
+    last_gate: Mapped[dict | None] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Alias(Base):
+    """A movable name (production, candidate, ...) pointing at one version of a model."""
+
+    __tablename__ = "aliases"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+
+
+class AliasEvent(Base):
+    """Every move of an alias: promotions with their gate result, forced ones with the reason, rollbacks."""
+
+    __tablename__ = "alias_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # promote, refused, rollback
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    gate: Mapped[dict | None] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
