@@ -27,8 +27,8 @@ def cell(text, limit: int = CELL_CHARS) -> str:
     return escape(text)
 
 
-def text_table(header: list[str], rows: list[list]) -> str:
-    """Columns padded to line up in a terminal; each cell on one line (see ``cell``)."""
-    cells = [[str(h) for h in header]] + [[cell(v) for v in row] for row in rows]
+def text_table(header: list[str], rows: list[list], limit: int = CELL_CHARS) -> str:
+    """Columns padded to line up in a terminal; each cell on one line, cut at ``limit`` characters."""
+    cells = [[str(h) for h in header]] + [[cell(v, limit) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells)

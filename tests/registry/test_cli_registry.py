@@ -83,15 +83,16 @@ def test_register_promote_rollback_and_lineage_from_the_command_line(in_project,
     assert run_cli(capsys, "models", "promote", "critic", "1", "--force", "--reason", "first version")[0] == 0
     fresh = write_data(in_project / "fresh.jsonl", [review(500 + i, "fresh") for i in range(12)])
     code, out, err = run_cli(capsys, "models", "promote", "critic", "2", "--eval-set", str(fresh), "--force",
-                             "--reason", "tiny models prove nothing")
-    assert code == 0 and out.count("gate: scoring") == 2  # both scored now on the new file ...
+                             "--reason", "tiny models prove nothing", "--json")
+    assert code == 0 and err.count("gate: scoring") == 2  # both scored now on the new file ...
+    assert json.loads(out)["forced"] is True  # progress goes to stderr: stdout stays JSON
     model = as_json(capsys, "models", "show", "critic")
     assert model["aliases"] == {"production": 2}
     assert model["versions"][1]["last_gate"]["result"]["n"] == 12
     assert as_json(capsys, "models", "rollback", "critic")["to"] == 1
-    code, out, _ = run_cli(capsys, "models", "promote", "critic", "2", "--eval-set", str(fresh), "--force",
+    code, _, err = run_cli(capsys, "models", "promote", "critic", "2", "--eval-set", str(fresh), "--force",
                            "--reason", "again")
-    assert code == 0 and "gate: scoring" not in out  # ... and read back from the registry the second time
+    assert code == 0 and "gate: scoring" not in err  # ... and read back from the registry the second time
     graph = as_json(capsys, "lineage", "critic@production")
     assert [r["name"] for r in graph["runs"]] == ["long"] and graph["datasets"][0]["dataset"] == "prepared@1"
     by_data = as_json(capsys, "lineage", "dataset:prepared")

@@ -15,7 +15,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import inspect, select
 
 from tests.registry.fake_runs import eval_items, fake_run, review, write_data
 from tunelab.errors import TunelabError
@@ -103,7 +103,8 @@ def test_a_run_folder_is_indexed_with_series_artifacts_data_and_per_item_results
         tuned = session.get(Evaluation, evaluations["tuned"]["id"])
         rights = session.scalars(select(EvalItem.correct).where(EvalItem.evaluation_id == tuned.id)).all()
         assert sum(rights) == 15
-        manifest = session.scalars(select(DatasetRow.split).where(DatasetRow.version_id == run.dataset_version_id)).all()
+        manifest = session.scalars(select(DatasetRow.split)
+                                   .where(DatasetRow.version_id == run.dataset_version_id)).all()
         assert manifest.count("train") == 40 and manifest.count("test") == 20
         assert len(session.scalars(select(MetricPoint)).all()) == 4 * 2  # loss and learning_rate at 4 steps
 

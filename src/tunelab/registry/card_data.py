@@ -27,6 +27,9 @@ from tunelab.runs.folder import RunFolder
 
 CARD_FILE = "MODEL_CARD.md"
 EMBEDDED_LICENSES = {"smollm2-135m": "apache-2.0", "minilm-l6": "apache-2.0"}
+# The Hugging Face ids of the embedded defaults, so a card's base_model links to the model it names.
+EMBEDDED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                    "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 SHOWN_SETTINGS = ("task", "method", "model", "train.epochs", "train.max_steps", "train.batch_size",
                   "train.gradient_accumulation", "train.learning_rate", "train.lr_scheduler", "train.warmup_ratio",
                   "train.weight_decay", "train.max_length", "train.packing", "train.precision", "train.seed",
@@ -48,7 +51,8 @@ def build_card(session: Session, version: ModelVersion) -> CardData:
     base_items = items_of(session, base) if base else {}
     folder = RunFolder(run.path)
     return CardData(
-        name=model.name, version=version.version, base_model=str(run.base_model), task=str(run.task),
+        name=model.name, version=version.version, task=str(run.task),
+        base_model=EMBEDDED_HUB_IDS.get(str(run.base_model), str(run.base_model)),
         method=str(run.method), license=EMBEDDED_LICENSES.get(str(run.base_model)), run_name=run.name, run_id=run.id,
         created=version.created.isoformat(), intended_use="", datasets=_datasets(session, run),
         hyperparameters=_hyperparameters(config), metrics=_metrics(run, tuned_items, base_items),

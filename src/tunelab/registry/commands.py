@@ -24,6 +24,7 @@ from tunelab.registry.schema import Dataset, DatasetVersion, Run
 from tunelab.tables import text_table
 
 MAX_FLIPS_SHOWN = 10
+FLIP_CHARS = 60  # texts in the flip table, cut to fit a terminal
 
 
 def emit(data, text: str, as_json: bool) -> None:
@@ -102,10 +103,14 @@ def format_comparison(result: dict, shown: int = MAX_FLIPS_SHOWN) -> str:
                  if diff else "  (identical)")
     lines.append("")
     lines.append(f"metrics (delta from {names[0]}):")
+    differing = {name: m for name, m in result["metrics"].items() if len({repr(v) for v in m["values"]}) > 1}
     rows = [[name, *[f"{_number(v)} ({_signed(d)})" if i else _number(v)
                      for i, (v, d) in enumerate(zip(m["values"], m["deltas"]))]]
-            for name, m in result["metrics"].items()]
-    lines.append(text_table(["metric", *names], rows) if rows else "  (no metrics)")
+            for name, m in differing.items()]
+    lines.append(text_table(["metric", *names], rows) if rows else "  (no metric differs)")
+    if len(differing) < len(result["metrics"]):
+        same = [name for name in result["metrics"] if name not in differing]
+        lines.append(f"  the same in every run: {', '.join(same)}")
     for flip in result["flips"]:
         lines.append("")
         if "note" in flip:
@@ -118,7 +123,7 @@ def format_comparison(result: dict, shown: int = MAX_FLIPS_SHOWN) -> str:
             if items:
                 table = [[i["input"], i["reference"], i["before"], i["after"]] for i in items[:shown]]
                 lines.append(f"  {title}:")
-                lines.append(text_table(["input", "reference", flip["from"], flip["to"]], table))
+                lines.append(text_table(["input", "reference", flip["from"], flip["to"]], table, limit=FLIP_CHARS))
                 if len(items) > shown:
                     lines.append(f"  ... {len(items) - shown} more (--json lists all)")
     return "\n".join(lines)
@@ -169,7 +174,6 @@ def models_show(url: str | None, ref: str, as_json: bool, card: bool = False) ->
         lines.append("history:")
         for event in info["history"]:
             extra = f" forced: {event['reason']}" if event["forced"] else ""
-            extra += f" ({event['reason']})" if event["action"] == "rollback" and event["reason"] else ""
             lines.append(f"  {event['time'][:19]}  @{event['alias']}  {event['action']} v{event['version']}"
                          + (f" (was v{event['previous']})" if event["previous"] else "") + extra)
     emit(info, "\n".join(lines), as_json)

@@ -13,6 +13,7 @@ reason, and the last result on the version, where its model card shows it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -208,7 +209,7 @@ def _results(registry: Registry, side: Side, items: EvalSet) -> dict:
         stored = latest_evaluation(session, side.key, side.arm, items.hash, side.code_version)
         if stored is not None:
             return items_of(session, stored)
-    print(f"gate: scoring {side.label} on {len(items.records)} items of {items.path}", flush=True)
+    print(f"gate: scoring {side.label} on {len(items.records)} items of {items.path}", file=sys.stderr, flush=True)
     metrics, task, arms = evaluate_one(side.run.path, items.records, common_kind(items.records),
                                        side.arm == "base", items.path)
     rows = prediction_rows(task, arms)
