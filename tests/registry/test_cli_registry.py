@@ -117,3 +117,19 @@ def test_eval_records_per_item_results_and_errors_are_one_line(in_project, capsy
                           (("models", "promote", "nope", "1"), "no model named 'nope'")):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_sweep_trials_are_recorded_as_runs_of_their_sweep(tmp_path, tiny_model_dir, sentiment_file, capsys,
+                                                         monkeypatch):
+    from tests.test_sweep import write_config
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, tiny_model_dir, sentiment_file, {
+        "metric": "tuned.loss", "direction": "minimize", "pruning": False,
+        "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}}})
+    assert main(["sweep", config, "--trials", "2"]) == 0
+    assert capsys.readouterr().out.count("registry: recorded run") == 2
+    runs = as_json(capsys, "runs", "list")
+    assert sorted(r["name"] for r in runs) == ["trial-0", "trial-1"]
+    assert {r["sweep"] for r in runs} == {"sweep"} and {r["status"] for r in runs} == {"finished"}
+    assert {r["path"].rsplit("/", 2)[1] for r in runs} == {"sweep"}  # runs/sweep/trial-N
