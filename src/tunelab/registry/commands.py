@@ -47,7 +47,8 @@ def runs_list(url: str | None, status: str | None, limit: int | None, as_json: b
     registry = open_registry(url)
     with registry.session() as session:
         runs = list_runs(session, status, limit)
-    rows = [[r["id"], f"{r['sweep']}/{r['name']}" if r.get("sweep") else r["name"], r["status"] + (f" (step {r['last_step']})" if r.get("last_step") else ""),
+    rows = [[r["id"], f"{r['sweep']}/{r['name']}" if r.get("sweep") else r["name"],
+             r["status"] + (f" (step {r['last_step']})" if r.get("last_step") else ""),
              r["task"], r["method"], r.get("dataset"), _headline(r["metrics"]), r["created"][:19]] for r in runs]
     emit(runs, text_table(["id", "name", "status", "task", "method", "data", "tuned", "created"], rows)
          if runs else "no runs recorded yet (tunelab train records each run)", as_json)
