@@ -386,3 +386,12 @@ def test_the_gate_metric_can_be_chosen_and_scores_answers_against_the_eval_set(r
     assert rouge["method"] == "paired-bootstrap" and rouge["delta"] == pytest.approx(30 / 80)
     with pytest.raises(TunelabError, match="--metric bleu"):
         promote(registry, "support", v1, metric="bleu")
+
+
+def test_a_folder_the_registry_has_not_seen_is_recorded_in_full_when_named(registry_url, tmp_path):
+    path = fake_run(tmp_path, "older", pattern(12, 9), eval_items(12))  # trained before the registry existed
+    registry = open_registry(registry_url)
+    with registry.session() as session:
+        details = run_details(session, find_run(session, str(path)))
+    assert details["name"] == "older" and details["series"]["loss"]["points"] == 4
+    assert sorted(e["arm"] for e in details["evaluations"]) == ["base", "tuned"] and details["artifacts"]

@@ -131,13 +131,19 @@ def ingest_run(registry: Registry, run_dir: str | Path, sweep: str | None = None
     if config is None:
         raise TunelabError(f"{folder.path} is not a run folder (no config.yaml)")
     with registry.session() as session:
-        run = _upsert_run(session, folder, config, sweep)
-        _sync_series(session, run.id, folder)
-        if final:
-            _sync_data(session, run, folder, config)
-            _sync_artifacts(session, run.id, folder)
-            _sync_evaluations(session, run, folder, config)
-        return run.id
+        return record_run_in(session, folder, config, sweep, final).id
+
+
+def record_run_in(session: Session, folder: RunFolder, config: dict, sweep: str | None = None,
+                  final: bool = True) -> Run:
+    """``ingest_run`` inside an open session."""
+    run = _upsert_run(session, folder, config, sweep)
+    _sync_series(session, run.id, folder)
+    if final:
+        _sync_data(session, run, folder, config)
+        _sync_artifacts(session, run.id, folder)
+        _sync_evaluations(session, run, folder, config)
+    return run
 
 
 def run_path(path: str | Path) -> str:
@@ -316,9 +322,10 @@ def ingest_eval_output(registry: Registry, out_dir: str | Path, model: str, data
 
 
 def ingest_run_in(session: Session, folder: RunFolder, config: dict) -> str:
-    """The id of the run in ``folder``, recording it first when it is new."""
+    """The id of the run in ``folder``, recording all of it first when it is new (a run trained before
+    the registry existed, or elsewhere)."""
     found = session.scalar(select(Run.id).where(Run.path == run_path(folder.path)))
-    return found or _upsert_run(session, folder, config, None).id
+    return found or record_run_in(session, folder, config).id
 
 
 # ---- status as read back
