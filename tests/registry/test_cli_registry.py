@@ -124,6 +124,7 @@ def test_sweep_trials_are_recorded_as_runs_of_their_sweep(tmp_path, tiny_model_d
     from tests.test_sweep import write_config
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNELAB_REGISTRY_URL", f"sqlite:///{tmp_path / 'sweeps.db'}")  # not the module's registry
     config = write_config(tmp_path, tiny_model_dir, sentiment_file, {
         "metric": "tuned.loss", "direction": "minimize", "pruning": False,
         "space": {"train.learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}}})

@@ -128,7 +128,7 @@ def test_runs_compare_shows_config_diff_metric_deltas_and_the_flip_table(registr
 
 
 def test_two_processes_log_at_once_and_nothing_is_lost(registry_url, tmp_path):
-    steps = 60
+    steps = 80
     script = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path

@@ -105,12 +105,21 @@ def _engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_settings(connection, _record):
+        # The driver's own transaction handling off, so that "begin" below decides how transactions start.
+        connection.isolation_level = None
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _write_lock_first(connection):
+        # A transaction that read and then writes cannot wait for a lock that another process's commit
+        # made stale (SQLite answers "database is locked" at once). Taking the write lock at the start
+        # makes writers queue within the busy timeout instead; readers are not blocked (WAL).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
