@@ -395,3 +395,15 @@ def test_a_folder_the_registry_has_not_seen_is_recorded_in_full_when_named(regis
         details = run_details(session, find_run(session, str(path)))
     assert details["name"] == "older" and details["series"]["loss"]["points"] == 4
     assert sorted(e["arm"] for e in details["evaluations"]) == ["base", "tuned"] and details["artifacts"]
+
+
+def test_a_bad_promote_request_lists_every_problem_before_anything_is_scored(tmp_path):
+    registry = open_registry(f"sqlite:///{tmp_path}/r.db")
+    with pytest.raises(TunelabError) as bad:
+        promote(registry, "support", 1, alias="Prod uction", gate="better", margin=0.01)
+    assert "alias 'Prod uction'" in str(bad.value)
+    with pytest.raises(TunelabError) as bad:
+        promote(registry, "support", 1, gate="better", margin=0.01, metric="bleu", force=True)
+    message = str(bad.value)
+    assert "--margin applies to --gate non-inferior" in message and "--metric bleu" in message
+    assert "--force needs --reason" in message and "\n" not in message

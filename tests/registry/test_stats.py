@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tunelab.registry.stats import (
-    GateDecision,
-    PairedResult,
-    decide,
-    mcnemar_exact,
-    mean_interval,
-    paired_bootstrap,
-    proportion_interval,
-)
+from tunelab.registry.stats import (GateDecision, PairedResult, decide, mcnemar_exact, mean_interval, paired_bootstrap,
+                                    proportion_interval)
 
 
 def paired_labels(b: int, c: int, both: int, neither: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

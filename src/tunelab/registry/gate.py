@@ -33,20 +33,18 @@ from tunelab.eval.ensemble import inputs_and_references
 from tunelab.eval.metrics import item_scores
 from tunelab.eval.suite import prediction_rows
 from tunelab.registry.db import Registry
-from tunelab.registry.ingest import (
-    base_key,
-    eval_code_version,
-    eval_set_hash,
-    headline,
-    per_item,
-    store_evaluation,
-    tuned_key,
-)
-from tunelab.registry.models import get_model, move_alias, record_refusal, resolve
+from tunelab.registry.ingest import (base_key, eval_code_version, eval_set_hash, headline, per_item, store_evaluation,
+                                     tuned_key)
+from tunelab.registry.models import check_alias, get_model, move_alias, record_refusal, resolve
 from tunelab.registry.queries import is_right, items_of, latest_evaluation
 from tunelab.registry.schema import Alias, DatasetRow, ModelVersion, Run
-from tunelab.registry.stats import GateDecision, decide, mcnemar_exact, paired_bootstrap
+from tunelab.registry.stats import GATES, GateDecision, decide, mcnemar_exact, paired_bootstrap
 from tunelab.runs.folder import RunFolder
+
+
+LABEL_METRICS = ("accuracy", "exact_match")  # right or wrong per item: exact McNemar test
+SCORE_METRICS = ("f1", "rouge_l")  # a score per item: paired bootstrap
+GATE_METRICS = LABEL_METRICS + SCORE_METRICS
 
 
 @dataclass
@@ -75,8 +73,7 @@ def promote(registry: Registry, name: str, version: int, alias: str = "productio
             margin: float = 0.0, eval_set: str | None = None, force: bool = False, reason: str | None = None,
             metric: str | None = None) -> dict:
     """Gate and move ``name@alias`` to ``version``; raises TunelabError with the gate's paragraph when refused."""
-    if force and not (reason and reason.strip()):
-        raise TunelabError("--force needs --reason TEXT: the reason is kept with the promotion")
+    _check_request(alias, gate, margin, metric, force, reason)
     with registry.session() as session:
         model, challenger_version = resolve(session, f"{name}@{version}")
         holder_version = _holder(session, model.id, alias)
@@ -106,6 +103,24 @@ def promote(registry: Registry, name: str, version: int, alias: str = "productio
         move_alias(session, model, alias, target, "promote", gate=evidence)
         target.last_gate = evidence | {"alias": alias, "forced": False}
     return {"promoted": True, "alias": alias, "version": version, "gate": evidence, "message": decision.message}
+
+
+def _check_request(alias: str, gate: str, margin: float, metric: str | None, force: bool, reason: str | None) -> None:
+    """Every problem with the request itself, before anything is loaded or scored."""
+    check_alias(alias)
+    problems = []
+    if gate not in GATES:
+        problems.append(f"--gate {gate}: use one of {', '.join(GATES)}")
+    if not margin >= 0:
+        problems.append(f"--margin {margin}: a margin is how much worse the challenger may be, 0 or more")
+    elif margin and gate == "better":
+        problems.append("--margin applies to --gate non-inferior; --gate better needs the interval above 0")
+    if metric is not None and metric not in GATE_METRICS:
+        problems.append(f"--metric {metric}: the gate tests one of {', '.join(GATE_METRICS)}")
+    if force and not (reason and reason.strip()):
+        problems.append("--force needs --reason TEXT: the reason is kept with the promotion")
+    if problems:
+        raise TunelabError("; ".join(problems))
 
 
 def _holder(session, model_id: int, alias: str) -> ModelVersion | None:
@@ -163,11 +178,6 @@ def _leak_message(leak: dict, items: EvalSet, challenger: Side) -> str:
             f"(similarity >= {leak['threshold']}). Scores on items the model was trained on say nothing about new "
             f"inputs. Evaluate on held-out rows the challenger never saw (pass --eval-set FILE), retrain without "
             f"them, or override with --force --reason TEXT if you accept the risk.")
-
-
-LABEL_METRICS = ("accuracy", "exact_match")  # right or wrong per item: exact McNemar test
-SCORE_METRICS = ("f1", "rouge_l")  # a score per item: paired bootstrap
-GATE_METRICS = LABEL_METRICS + SCORE_METRICS
 
 
 def compare(registry: Registry, challenger: Side, holder: Side, items: EvalSet, gate: str, margin: float,

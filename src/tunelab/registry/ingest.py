@@ -26,16 +26,8 @@ from tunelab.eval.metrics import item_scores
 from tunelab.io import read_json, read_jsonl
 from tunelab.registry.db import Registry, get_or_create
 from tunelab.registry.environment import git_commit, hardware, package_versions
-from tunelab.registry.schema import (
-    Artifact,
-    Dataset,
-    DatasetRow,
-    DatasetVersion,
-    EvalItem,
-    Evaluation,
-    MetricPoint,
-    Run,
-)
+from tunelab.registry.schema import (Artifact, Dataset, DatasetRow, DatasetVersion, EvalItem, Evaluation, MetricPoint,
+                                     Run)
 from tunelab.runs.folder import RunFolder, process_alive
 
 SPLITS = ("train", "val", "test")
