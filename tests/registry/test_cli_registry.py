@@ -134,3 +134,12 @@ def test_sweep_trials_are_recorded_as_runs_of_their_sweep(tmp_path, tiny_model_d
     assert sorted(r["name"] for r in runs) == ["trial-0", "trial-1"]
     assert {r["sweep"] for r in runs} == {"sweep"} and {r["status"] for r in runs} == {"finished"}
     assert {r["path"].rsplit("/", 2)[1] for r in runs} == {"sweep"}  # runs/sweep/trial-N
+
+
+def test_a_registry_that_cannot_be_opened_never_stops_training(tmp_path, tiny_model_dir, sentiment_file, capsys):
+    code, out, err = run_cli(capsys, "train", "/dev/null", f"model={tiny_model_dir}", f"data.train={sentiment_file}",
+                             f"output_dir={tmp_path / 'runs'}", "train.max_steps=2", "train.batch_size=4",
+                             "train.max_length=64", "eval.batch_size=8",
+                             "--registry", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert code == 0 and (tmp_path / "runs" / "run" / "metrics.json").is_file()
+    assert "warning: registry: cannot open the registry" in err and "the run itself is not affected" in err

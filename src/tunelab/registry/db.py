@@ -37,7 +37,11 @@ def registry_url(url: str | None = None) -> str:
     if chosen:
         return chosen
     home = tunelab_home()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunelabError(f"cannot create {home} for the registry ({exc.strerror}); set TUNELAB_HOME to a "
+                           f"writable folder or TUNELAB_REGISTRY_URL to a database") from None
     return f"sqlite:///{home / 'registry.db'}"
 
 

@@ -28,20 +28,20 @@ def warn(message: str) -> None:
 
 
 def try_open(url: str | None = None) -> Registry | None:
-    try:
-        return open_registry(url)
-    except TunelabError as exc:
-        warn(str(exc))
-    return None
+    """The registry, or None after one warning when it cannot be opened (the command goes on without it)."""
+    opened = safely(lambda: open_registry(url))
+    return opened if isinstance(opened, Registry) else None
 
 
 def safely(action: Callable[[], object]) -> object | None:
     """Run a registry write; on any error print one warning instead of stopping the caller."""
     try:
         return action()
+    except TunelabError as exc:
+        warn(str(exc))
     except Exception as exc:  # a registry problem must never end a training run
         warn(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        return None
+    return None
 
 
 @contextmanager
