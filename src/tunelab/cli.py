@@ -220,6 +220,16 @@ def cmd_datasets(args) -> None:
         c.datasets_show(args.registry, args.dataset, args.json)
 
 
+def cmd_keys(args) -> None:
+    c = registry_commands()
+    if args.keys_command == "create":
+        c.keys_create(args.registry, args.name, args.role, args.json)
+    elif args.keys_command == "list":
+        c.keys_list(args.registry, args.json)
+    else:
+        c.keys_revoke(args.registry, args.id, args.json)
+
+
 def cmd_lineage(args) -> None:
     registry_commands().lineage_show(args.registry, args.ref, args.json)
 
@@ -293,6 +303,21 @@ def add_registry_parsers(sub) -> None:
     registry_option(p)
     for p in datasets.choices.values():
         p.set_defaults(func=cmd_datasets)
+
+    keys = sub.add_parser("keys", help="API keys for the server: create, list, revoke").add_subparsers(
+        dest="keys_command", required=True)
+    p = keys.add_parser("create", help="a new key, printed once (only its HMAC is stored)")
+    p.add_argument("--name", required=True, help="who or what uses the key")
+    p.add_argument("--role", choices=["user", "admin"], default="user",
+                   help="user calls models; admin also manages adapters, keys and A/B tests")
+    registry_option(p)
+    p = keys.add_parser("list", help="keys with role, dates and state (never the keys themselves)")
+    registry_option(p)
+    p = keys.add_parser("revoke", help="stop a key from working")
+    p.add_argument("id", help="the key's id (from keys list) or the key itself")
+    registry_option(p)
+    for p in keys.choices.values():
+        p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("lineage", help="dataset versions and rows -> runs -> models -> aliases, from any of them")
     p.add_argument("ref", help="NAME[@VERSION|@ALIAS], a run (folder, id, name), a dataset (NAME[@N]), row:HASH or "

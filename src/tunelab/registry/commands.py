@@ -16,6 +16,7 @@ from tunelab.registry.card_data import write_card
 from tunelab.registry.compare import compare_runs
 from tunelab.registry.db import open_registry
 from tunelab.registry.gate import promote
+from tunelab.registry.keys import create_key, list_keys, revoke_key
 from tunelab.registry.lineage import format_lineage, lineage
 from tunelab.registry.models import list_models as model_rows
 from tunelab.registry.models import register, resolve, rollback, show_model
@@ -268,3 +269,32 @@ def datasets_show(url: str | None, ref: str, as_json: bool) -> None:
             lines.append("  settings " + json.dumps(v["settings"], default=str))
     lines.append(format_lineage(graph))
     emit(info, "\n".join(lines), as_json)
+
+
+# ---- API keys
+
+def keys_create(url: str | None, name: str, role: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        row, key = create_key(session, name, role)
+        result = {"id": row.id, "name": row.name, "role": row.role, "key": key}
+    emit(result, f"{key}\n(key {row.id} for {row.name}, role {row.role}: shown once and stored only as a hash; "
+                 f"keep it in a secret store)", as_json)
+
+
+def keys_list(url: str | None, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        keys = list_keys(session)
+    rows = [[k["id"], k["name"], k["role"], k["created"][:19], (k["last_used"] or "-")[:19],
+             f"revoked {k['revoked'][:19]}" if k["revoked"] else "live"] for k in keys]
+    emit(keys, text_table(["id", "name", "role", "created", "last used", "state"], rows) if keys
+         else "no API keys yet (tunelab keys create --name NAME --role user|admin)", as_json)
+
+
+def keys_revoke(url: str | None, key_id: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        row = revoke_key(session, key_id)
+        result = {"id": row.id, "name": row.name, "revoked": row.revoked.isoformat()}
+    emit(result, f"revoked key {result['id']} ({result['name']})", as_json)

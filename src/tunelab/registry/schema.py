@@ -183,3 +183,16 @@ class AliasEvent(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     gate: Mapped[dict | None] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ApiKey(Base):
+    """A key for the server's API: only an HMAC-SHA256 of it is kept; the key is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # the key's public part, shown in lists
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    digest: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256 of the whole key under the pepper
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
