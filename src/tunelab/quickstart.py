@@ -1,7 +1,8 @@
 """The first run a new user sees: LoRA on the embedded SmolLM2 for movie-review sentiment.
 
-It trains on a seeded subset of the bundled Rotten Tomatoes sentences and evaluates the base model
-and the tuned model on the same 300 held-out sentences with the same prompt.
+Its config trains on a seeded subset of the bundled Rotten Tomatoes sentences and evaluates the base
+model and the tuned model on the same 300 held-out sentences with the same prompt; ``tunelab
+quickstart`` trains it like any run (and records it in the registry).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from pathlib import Path
 
 from tunelab.config import RunConfig, load_config
 from tunelab.errors import TunelabError
-from tunelab.train.recipes import train
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "data" / "examples" / "movie_sentiment.jsonl"
 
@@ -36,6 +36,3 @@ def quickstart_config(overrides: list[str], output_dir: str = "runs") -> RunConf
         raise TunelabError(f"bundled example data not found at {EXAMPLE_DATA}; run quickstart from a tunelab checkout")
     return load_config(None, [f"data.train={EXAMPLE_DATA}", f"output_dir={output_dir}", *QUICKSTART, *overrides])
 
-
-def quickstart(overrides: list[str], output_dir: str = "runs") -> dict:
-    return train(quickstart_config(overrides, output_dir), overwrite=True)

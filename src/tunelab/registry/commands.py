@@ -17,7 +17,7 @@ from tunelab.registry.compare import compare_runs
 from tunelab.registry.db import open_registry
 from tunelab.registry.gate import promote
 from tunelab.registry.keys import create_key, list_keys, revoke_key
-from tunelab.registry.lineage import format_lineage, lineage
+from tunelab.registry.lineage import datasets_named, format_lineage, lineage
 from tunelab.registry.models import list_models as model_rows
 from tunelab.registry.models import register, resolve, rollback, show_model
 from tunelab.registry.queries import find_run, list_runs, run_details
@@ -250,17 +250,14 @@ def datasets_show(url: str | None, ref: str, as_json: bool) -> None:
     registry = open_registry(url)
     with registry.session() as session:
         graph = lineage(session, f"dataset:{ref}")
-        name = ref.partition("@")[0]
-        versions = session.scalars(select(DatasetVersion).join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-                                   .where((Dataset.name == name) | DatasetVersion.content_hash.startswith(ref))
-                                   .order_by(DatasetVersion.version)).all()
-        info = {"versions": [{"version": v.version, "hash": v.content_hash, "rows": v.rows, "kind": v.kind,
-                              "origin": v.origin, "path": v.path, "settings": v.settings, "report": v.report}
-                             for v in versions], "lineage": graph}
+        info = {"versions": [{"dataset": session.get(Dataset, v.dataset_id).name, "version": v.version,
+                              "hash": v.content_hash, "rows": v.rows, "kind": v.kind, "origin": v.origin,
+                              "path": v.path, "settings": v.settings, "report": v.report}
+                             for v in datasets_named(session, ref)], "lineage": graph}
     lines = []
     for v in info["versions"]:
         report = v["report"] or {}
-        lines.append(f"{name} v{v['version']}  {v['hash'][:12]}  {v['kind'] or ''}  from {v['origin']}  "
+        lines.append(f"{v['dataset']} v{v['version']}  {v['hash'][:12]}  {v['kind'] or ''}  from {v['origin']}  "
                      f"{v['path'] or ''}")
         counts = [f"rows {v['rows']}"] + [f"{key.replace('_', ' ')} {report[key]}"
                                           for key in ("quarantined", "near_duplicates") if key in report]

@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,8 +98,7 @@ def open_registry(url: str | None = None) -> Registry:
 
 
 def _shown(url: str) -> str:
-    from sqlalchemy.engine import make_url  # a URL's password is never printed
-
+    """The URL without its password, for messages."""
     return make_url(url).render_as_string(hide_password=True)
 
 

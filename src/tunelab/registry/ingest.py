@@ -119,11 +119,16 @@ def ingest_run(registry: Registry, run_dir: str | Path, sweep: str | None = None
     only its status and metric series are written; at the end also its data, metrics, artifacts and
     per-item evaluations."""
     folder = RunFolder(run_dir)
-    config = yaml.safe_load(folder.config_path.read_text(encoding="utf-8")) if folder.config_path.is_file() else None
-    if config is None:
-        raise TunelabError(f"{folder.path} is not a run folder (no config.yaml)")
+    config = raw_config(folder)
     with registry.session() as session:
         return record_run_in(session, folder, config, sweep, final).id
+
+
+def raw_config(folder: RunFolder) -> dict:
+    """A run's config.yaml as written (not validated: a run from an older tunelab is still recorded)."""
+    if not folder.config_path.is_file():
+        raise TunelabError(f"{folder.path} is not a run folder (no config.yaml)")
+    return yaml.safe_load(folder.config_path.read_text(encoding="utf-8"))
 
 
 def record_run_in(session: Session, folder: RunFolder, config: dict, sweep: str | None = None,
@@ -296,10 +301,10 @@ def ingest_eval_output(registry: Registry, out_dir: str | Path, model: str, data
     if not rows:
         return []
     run = RunFolder(model) if RunFolder.is_run(model) else None
-    config = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) if run else {"model": model}
+    config = raw_config(run) if run else {"model": model}
     ids = []
     with registry.session() as session:
-        run_id = ingest_run_in(session, run, config) if run else None
+        run_id = ingest_run_in(session, run) if run else None
         for arm in ARMS:
             if f"{arm}_prediction" not in rows[0]:
                 continue
@@ -313,11 +318,11 @@ def ingest_eval_output(registry: Registry, out_dir: str | Path, model: str, data
     return ids
 
 
-def ingest_run_in(session: Session, folder: RunFolder, config: dict) -> str:
+def ingest_run_in(session: Session, folder: RunFolder) -> str:
     """The id of the run in ``folder``, recording all of it first when it is new (a run trained before
     the registry existed, or elsewhere)."""
     found = session.scalar(select(Run.id).where(Run.path == run_path(folder.path)))
-    return found or record_run_in(session, folder, config).id
+    return found or record_run_in(session, folder, raw_config(folder)).id
 
 
 # ---- status as read back

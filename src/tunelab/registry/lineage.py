@@ -39,7 +39,7 @@ def _guess_kind(session: Session, ref: str) -> str:
         return "model"
     if RunFolder.is_run(ref):
         return "run"
-    if _datasets_named(session, ref):
+    if datasets_named(session, ref):
         return "dataset"
     file, _, line = ref.rpartition(":")
     if line.isdigit() and Path(file).is_file():
@@ -57,7 +57,7 @@ def _lineage_of(session: Session, kind: str, ref: str) -> dict:
         run = find_run(session, ref)
         return _graph(session, f"run {run.name} ({run.id})", [run])
     if kind == "dataset":
-        versions = _datasets_named(session, ref)
+        versions = datasets_named(session, ref)
         if not versions:
             raise TunelabError(f"no dataset {ref!r} in the registry (see tunelab datasets list)")
         return _graph(session, f"dataset {ref}", _runs_that_saw(session, [v.id for v in versions]),
@@ -77,7 +77,7 @@ def _lineage_of(session: Session, kind: str, ref: str) -> dict:
     raise TunelabError(f"lineage of {kind!r}: use one of {', '.join(KINDS)}")
 
 
-def _datasets_named(session: Session, ref: str) -> list[DatasetVersion]:
+def datasets_named(session: Session, ref: str) -> list[DatasetVersion]:
     """``NAME`` (all versions), ``NAME@N``, or a content-hash prefix of at least 8 characters."""
     name, _, number = ref.partition("@")
     dataset = session.scalar(select(Dataset).where(Dataset.name == name))

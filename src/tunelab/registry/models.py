@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from tunelab.errors import TunelabError
 from tunelab.registry.db import get_or_create
-from tunelab.registry.ingest import effective_status
+from tunelab.registry.ingest import effective_status, headline
 from tunelab.registry.queries import find_run
 from tunelab.registry.schema import Alias, AliasEvent, Artifact, Model, ModelVersion, Run
 from tunelab.runs.folder import RunFolder
@@ -180,8 +180,7 @@ def version_summary(session: Session, version: ModelVersion) -> dict:
     run = session.get(Run, version.run_id)
     return {"version": version.version, "run": run.name, "run_id": run.id, "artifact": version.artifact_path,
             "artifact_sha256": version.artifact_sha256, "tags": version.tags, "created": version.created.isoformat(),
-            "metrics": {k: v for k, v in ((run.metrics or {}).get("tuned") or {}).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            "metrics": headline((run.metrics or {}).get("tuned") or {}),
             "last_gate": version.last_gate}
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunelab.errors import TunelabError
-from tunelab.registry.ingest import effective_status, ingest_run_in, item_of, run_path
+from tunelab.registry.ingest import effective_status, headline, ingest_run_in, item_of, run_path
 from tunelab.registry.schema import Artifact, Dataset, DatasetVersion, EvalItem, Evaluation, MetricPoint, Run
 from tunelab.runs.folder import RunFolder
 
@@ -21,10 +20,7 @@ def find_run(session: Session, ref: str) -> Run:
     run name (the newest run of that name)."""
     if RunFolder.is_run(ref):
         run = session.scalar(select(Run).where(Run.path == run_path(ref)))
-        if run is None:
-            config = yaml.safe_load(RunFolder(ref).config_path.read_text(encoding="utf-8"))
-            run = session.get(Run, ingest_run_in(session, RunFolder(ref), config))
-        return run
+        return run or session.get(Run, ingest_run_in(session, RunFolder(ref)))
     if len(ref) >= MIN_ID_PREFIX:
         matches = session.scalars(select(Run).where(Run.id.startswith(ref))).all()
         if len(matches) == 1:
@@ -60,12 +56,8 @@ def run_summary(session: Session, run: Run) -> dict:
 
 def headline_metrics(metrics: dict | None) -> dict:
     """base.* and tuned.* scalar metrics, flattened: {"tuned.accuracy": 0.9, ...}."""
-    out = {}
-    for arm in ("base", "tuned"):
-        for name, value in ((metrics or {}).get(arm) or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{arm}.{name}"] = value
-    return out
+    return {f"{arm}.{name}": value for arm in ("base", "tuned")
+            for name, value in headline((metrics or {}).get(arm) or {}).items()}
 
 
 def list_runs(session: Session, status: str | None = None, limit: int | None = None) -> list[dict]:
