@@ -26,6 +26,7 @@ LAYERS = [
     ("eval", ("tunelab.eval",)),
     ("train", ("tunelab.train",)),
     ("registry", ("tunelab.registry",)),
+    ("serve", ("tunelab.serve",)),
     ("commands", ("tunelab.sweep", "tunelab.quickstart", "tunelab.cli")),
 ]
 # Inside a layer, sub-layers that must not import their parent layer's other modules either.

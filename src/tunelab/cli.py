@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from tunelab.errors import TunelabError
 
@@ -60,10 +61,24 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_export(args) -> None:
-    # start-up time: a command loads its own modules (torch, transformers) only when it runs
-    from tunelab.runs.export import export_run
+    # start-up time (every import below): a command loads its own modules (torch, transformers) only when it runs
+    if args.target != "gguf" and (args.quant or args.llama_cpp):
+        raise TunelabError("--quant and --llama-cpp apply to --for gguf only")
+    if args.dtype and args.target == "gguf":
+        raise TunelabError("--for gguf merges in fp32 and sets the file's precision with --quant, not --dtype")
+    if args.target == "gguf":
+        from tunelab.runs.export_gguf import export_for_gguf  # start-up time
 
-    export_run(args.run_dir, args.out, dtype=args.dtype, max_diff=args.max_diff)
+        export_for_gguf(args.run_dir, args.out, quant=args.quant or "f16", llama_cpp=args.llama_cpp,
+                        max_diff=args.max_diff)
+    elif args.target == "vllm":
+        from tunelab.runs.export_vllm import export_for_vllm  # start-up time
+
+        export_for_vllm(args.run_dir, args.out, dtype=args.dtype or "fp32", max_diff=args.max_diff)
+    else:
+        from tunelab.runs.export import export_run  # start-up time
+
+        export_run(args.run_dir, args.out, dtype=args.dtype or "fp32", max_diff=args.max_diff)
 
 
 def cmd_data_prepare(args) -> None:
@@ -206,6 +221,8 @@ def cmd_models(args) -> None:
     elif args.models_command == "show":
         c.models_show(args.registry, args.name, args.json, card=args.card)
     elif args.models_command == "promote":
+        if args.parity:
+            promotion_parity(args.registry, f"{args.name}@{args.version}")
         c.models_promote(args.registry, args.name, args.version, args.alias, args.gate, args.margin, args.eval_set,
                          args.force, args.reason, args.json, args.metric)
     else:
@@ -228,6 +245,14 @@ def cmd_keys(args) -> None:
         c.keys_list(args.registry, args.json)
     else:
         c.keys_revoke(args.registry, args.id, args.json)
+
+
+def cmd_ab(args) -> None:
+    c = registry_commands()
+    if args.ab_command == "show":
+        c.ab_show(args.registry, args.name, args.json)
+    else:
+        c.ab_list(args.registry, args.json)
 
 
 def cmd_lineage(args) -> None:
@@ -285,6 +310,8 @@ def add_registry_parsers(sub) -> None:
     p.add_argument("--eval-set", default=None, metavar="FILE",
                    help="score both on this file (default: the holder's registered eval set)")
     p.add_argument("--force", action="store_true", help="promote even when the gate refuses (needs --reason)")
+    p.add_argument("--no-parity", dest="parity", action="store_false",
+                   help="skip the train-to-serve parity check (tunelab parity) run before the gate")
     p.add_argument("--reason", default=None, metavar="TEXT", help="why the gate was overridden; kept in the record")
     registry_option(p)
     p = models.add_parser("rollback", help="point an alias back at the version it held before")
@@ -319,11 +346,122 @@ def add_registry_parsers(sub) -> None:
     for p in keys.choices.values():
         p.set_defaults(func=cmd_keys)
 
+    ab = sub.add_parser("ab", help="A/B tests of served models: list, show").add_subparsers(
+        dest="ab_command", required=True)
+    p = ab.add_parser("list", help="A/B tests with their arms, state and requests served")
+    registry_option(p)
+    p = ab.add_parser("show", help="a test's arms compared: latency, tokens, feedback, significance, verdict")
+    p.add_argument("name", help="the A/B test's name")
+    registry_option(p)
+    for p in ab.choices.values():
+        p.set_defaults(func=cmd_ab)
+
     p = sub.add_parser("lineage", help="dataset versions and rows -> runs -> models -> aliases, from any of them")
     p.add_argument("ref", help="NAME[@VERSION|@ALIAS], a run (folder, id, name), a dataset (NAME[@N]), row:HASH or "
                                "FILE:LINE; prefix model:, run:, dataset: or row: when a name is ambiguous")
     registry_option(p)
     p.set_defaults(func=cmd_lineage)
+
+
+def cmd_serve(args) -> None:
+    # start-up time: the server's modules (FastAPI, torch) load only when it runs
+    from tunelab.serve.app import ServeSettings
+    from tunelab.serve.command import parse_ab, parse_adapter, serve
+    from tunelab.serve.completions import Limits
+
+    settings = ServeSettings(
+        base=args.base, adapters=[parse_adapter(a) for a in args.adapter], auth=args.auth, registry_url=args.registry,
+        adapter_roots=[Path(r) for r in (args.adapter_root or ["runs"])], ab_tests=[parse_ab(t) for t in args.ab],
+        max_batch=1 if args.no_batching else args.max_batch, max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes, max_model_len=args.max_model_len, parity_check=args.parity_check,
+        limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n, default_max_tokens=min(512, args.max_tokens)))
+    serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile)
+
+
+def cmd_parity(args) -> None:
+    # start-up time: as for serve
+    from tunelab.serve.parity import check_parity, explain
+
+    report = check_parity(resolve_run_folder(args.run, args.registry), server=args.server,
+                          api_key=args.api_key or os.environ.get("TUNELAB_API_KEY"), model=args.model,
+                          limit=args.limit, merged=not args.no_merged)
+    print(explain(report))
+    if report.accuracy:
+        print("accuracy on these prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in report.accuracy.items()))
+    if not report.passed:
+        raise SystemExit(1)
+
+
+def promotion_parity(registry_url: str | None, ref: str) -> None:
+    """Before a gate: a LoRA version must answer through a server as it does in eval (tunelab parity)."""
+    folder = Path(resolve_run_folder(ref, registry_url))
+    if not (folder / "adapter" / "adapter_config.json").is_file():
+        return  # a full fine-tune or a non-adapter method: served as a --base model, nothing to compare
+    # start-up time: the server's modules (FastAPI, torch) load only when a check runs
+    from tunelab.serve.parity import check_parity, explain
+
+    report = check_parity(folder, limit=8)
+    print(explain(report), file=sys.stderr)
+    if not report.passed:
+        raise TunelabError(f"not promoting {ref}: it fails train-to-serve parity (tunelab parity {folder}; "
+                           "--no-parity skips this check)")
+
+
+def resolve_run_folder(ref: str, registry_url: str | None) -> str:
+    """A run folder as given, or the run behind a registry model version (NAME@ALIAS, NAME@N)."""
+    if Path(ref).is_dir():
+        return ref
+    # start-up time: the registry (SQLAlchemy) loads only for a registry reference
+    from tunelab.registry.db import open_registry
+    from tunelab.registry.models import resolve
+
+    with open_registry(registry_url).session() as session:
+        _, version = resolve(session, ref)
+        return str(Path(version.artifact_path).parent)
+
+
+def add_serve_parsers(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible server for a base model and many LoRA adapters "
+                                     "(batched, authenticated, with feedback, A/B tests and metrics)")
+    p.add_argument("--base", default="smollm2-135m", help="the base model: embedded name, Hugging Face id or folder")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN",
+                   help="serve a LoRA run as model NAME: a run folder, or a registry version MODEL@ALIAS / MODEL@N "
+                        "(repeat for more; requests for different adapters share batches)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-auth", dest="auth", action="store_false",
+                   help="serve without API keys (everyone is admin); warns loudly off loopback")
+    p.add_argument("--adapter-root", action="append", default=None, metavar="DIR",
+                   help="folders the admin API may load adapters from (default: runs; repeat for more)")
+    p.add_argument("--ab", action="append", default=[], metavar="NAME=A:0.5,B:0.5",
+                   help="an A/B test: requests for NAME go to the arms by weight, sticky per user")
+    p.add_argument("--max-batch", type=int, default=32, help="rows per decode step (default 32)")
+    p.add_argument("--no-batching", action="store_true", help="one request at a time (for comparison)")
+    p.add_argument("--max-queue", type=int, default=256, help="choices that may wait for a row; more get 429")
+    p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-n", type=int, default=8, help="largest n a request may ask for")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default the model's, at most "
+                                                                   "8192)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--parity-check", action="store_true",
+                   help="answer a few held-out prompts of each adapter's run through the server and through eval's "
+                        "generation when it loads, and refuse an adapter whose answers differ")
+    p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
+    registry_option(p, json_output=False)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("parity", help="the run's held-out prompts through eval, the merged export and a live server: "
+                                      "same prompt, same stop, same greedy answer, or a readable diff")
+    p.add_argument("run", help="run folder, or a registry version (NAME@ALIAS, NAME@N)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="a running tunelab (or other OpenAI-compatible) server; default: start one on loopback")
+    p.add_argument("--model", default=None, help="the model name the server serves the run as (with --server)")
+    p.add_argument("--api-key", default=None, help="key for --server (default $TUNELAB_API_KEY)")
+    p.add_argument("--limit", type=int, default=32, help="held-out prompts to compare (default 32)")
+    p.add_argument("--no-merged", action="store_true", help="skip the merged-export path")
+    registry_option(p, json_output=False)
+    p.set_defaults(func=cmd_parity)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,12 +509,26 @@ def build_parser() -> argparse.ArgumentParser:
     registry_option(p, json_output=False)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="merge a run's adapter into its base; write a standalone model folder")
+    p = sub.add_parser("export", help="merge a run's adapter into its base; write a standalone model folder, a "
+                                      "vLLM serving folder or a GGUF file for llama.cpp and Ollama")
     p.add_argument("run_dir", help="run folder made by tunelab train")
-    p.add_argument("--out", required=True, help="new folder for the exported model")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the saved weights")
+    p.add_argument("--out", required=True, help="new folder for the export (it must not exist, or be empty)")
+    p.add_argument("--for", dest="target", choices=["hf", "vllm", "gguf"], default="hf",
+                   help="hf: a merged transformers model folder. vllm: the base, the adapter and the merged model, "
+                        "with serve_vllm.sh (vllm serve --enable-lora --lora-modules RUN=adapter) and USAGE.md. "
+                        "gguf: RUN_NAME.gguf made by llama.cpp's converter, an Ollama Modelfile, and "
+                        "gguf_check.json comparing it with the merged model when llama-cpp-python is installed")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="dtype of the saved weights with --for hf or vllm (default fp32)")
+    p.add_argument("--quant", choices=["f16", "q8_0", "bf16", "f32"], default=None,
+                   help="GGUF weight type with --for gguf (default f16: it gives the merged model's greedy answers; "
+                        "q8_0 is half the size, and on SmolLM2-135M changed 3 of 22 answers)")
+    p.add_argument("--llama-cpp", default=None, metavar="DIR",
+                   help="with --for gguf: a llama.cpp checkout, or an extracted llama-cpp-python sdist (pip download "
+                        "--no-deps --no-binary :all: llama-cpp-python), holding convert_hf_to_gguf.py (default: "
+                        "$TUNELAB_LLAMA_CPP, then the installed llama_cpp package's source tree)")
     p.add_argument("--max-diff", type=float, default=None, metavar="FLOAT",
-                   help="largest allowed log-prob difference between the adapter model and the export on the "
+                   help="largest allowed log-prob difference between the adapter model and the merged export on the "
                         "golden prompts (default 1e-3 for fp32, 1.0 for bf16, 0.25 for fp16)")
     p.set_defaults(func=cmd_export)
 
@@ -428,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(data)
     add_augment_parser(data)
     add_registry_parsers(sub)
+    add_serve_parsers(sub)
     return parser
 
 

@@ -108,3 +108,28 @@ def test_saved_adapter_loads_with_the_same_forward(tiny_model_dir, tmp_path):
                and hasattr(m, "lora_A"))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(loaded(input_ids=ids()).logits, model(input_ids=ids()).logits)
+
+
+def test_mixed_adapter_rows_get_exactly_what_they_get_alone(tiny_model_dir):
+    """A served batch names an adapter (or ``__base__``) per row; each row's logits must be bit for bit
+    those of the row run alone with its adapter active, as ``tunelab eval`` runs it (bf16 weights)."""
+    model = tiny_lora(tiny_model_dir, dtype=torch.bfloat16)
+    second = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    model.add_adapter("second", second)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.05)
+    use_single_rounding(model.eval())
+    rows = torch.randint(3, 60, (4, 10), generator=torch.Generator().manual_seed(2))
+    names = ["second", "__base__", "default", "second"]
+    with torch.no_grad():
+        mixed = model(input_ids=rows, adapter_names=names).logits
+        for row, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    alone = model(input_ids=rows[row:row + 1]).logits
+            else:
+                model.set_adapter(name)
+                alone = model(input_ids=rows[row:row + 1]).logits
+            assert torch.equal(mixed[row], alone[0]), name
+    assert not torch.equal(mixed[0], mixed[2])  # the adapters differ

@@ -1,4 +1,4 @@
-"""The registry's commands: ``tunelab runs``, ``models``, ``datasets`` and ``lineage``.
+"""The registry's commands: ``tunelab runs``, ``models``, ``datasets``, ``lineage``, ``keys`` and ``ab``.
 
 Each function opens the registry, does one thing and prints it as text, or as JSON with ``as_json``
 (for scripts). cli.py maps subcommands onto them.
@@ -22,6 +22,7 @@ from tunelab.registry.models import list_models as model_rows
 from tunelab.registry.models import register, resolve, rollback, show_model
 from tunelab.registry.queries import find_run, list_runs, run_details
 from tunelab.registry.schema import Dataset, DatasetVersion, Run
+from tunelab.registry.serving import ab_report, list_ab_tests
 from tunelab.tables import text_table
 
 MAX_FLIPS_SHOWN = 10
@@ -295,3 +296,57 @@ def keys_revoke(url: str | None, key_id: str, as_json: bool) -> None:
         row = revoke_key(session, key_id)
         result = {"id": row.id, "name": row.name, "revoked": row.revoked.isoformat()}
     emit(result, f"revoked key {result['id']} ({result['name']})", as_json)
+
+
+# ---- A/B tests
+
+def ab_list(url: str | None, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        tests = list_ab_tests(session)
+    rows = [[t["name"], _weights(t["arms"]), "running" if t["active"] else f"ended {t['ended'][:19]}",
+             t["requests"], t["created"][:19]] for t in tests]
+    emit(tests, text_table(["name", "arms", "state", "requests", "started"], rows) if tests
+         else "no A/B tests yet (an admin starts one through the server)", as_json)
+
+
+def _weights(arms: dict) -> str:
+    return ", ".join(f"{arm} {weight:.0%}" for arm, weight in arms.items())
+
+
+def ab_show(url: str | None, name: str, as_json: bool) -> None:
+    registry = open_registry(url)
+    with registry.session() as session:
+        report = ab_report(session, name)
+    emit(report, format_ab_report(report), as_json)
+
+
+def format_ab_report(report: dict) -> str:
+    state = "running" if report["active"] else f"ended {report['ended'][:19]}"
+    lines = [f"A/B test {report['name']}  {state}, started {report['created'][:19]}"]
+    rows = [[arm, f"{a['weight']:.0%}", a["requests"], _ms(a["mean_latency_ms"]), _ms(a["p50_latency_ms"]),
+             _ms(a["p95_latency_ms"]), a["completion_tokens"], a["feedback"], _share(a["feedback_rate"]),
+             f"{_share(a['positive_rate'])} of {a['rated']}",
+             "-" if a["mean_score"] is None else f"{a['mean_score']:.2f} of {a['scored']}"]
+            for arm, a in report["arms"].items()]
+    lines.append(text_table(["arm", "weight", "requests", "mean ms", "p50 ms", "p95 ms", "tokens out", "feedback",
+                             "feedback rate", "positive", "mean score"], rows))
+    for label, test in (("positive feedback", report["tests"]["positive"]), ("scores", report["tests"]["score"])):
+        if test:
+            p_value = "-" if test["p_value"] is None else f"{test['p_value']:.3g}"
+            lines.append(f"{label}: {test['method']} p = {p_value}")
+    difference = report["difference"]
+    if difference:
+        low, high = difference["interval"]
+        lines.append(f"difference in positive rate ({difference['of']}): {_signed(difference['positive_rate'])}, "
+                     f"{difference['confidence']:.0%} interval {_signed(low)} to {_signed(high)}")
+    lines.append(f"verdict: {report['verdict']}")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _share(value) -> str:
+    return "-" if value is None else f"{value:.0%}"

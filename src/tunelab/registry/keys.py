@@ -37,14 +37,15 @@ def pepper() -> bytes:
         return configured.encode()
     path = tunelab_home() / PEPPER_FILE
     if not path.exists():
-        _create_once(path, secrets.token_hex(32))
-    _check_private(path)
+        create_once(path, secrets.token_hex(32))
+    check_private(path)
     return path.read_text(encoding="utf-8").strip().encode()
 
 
-def _create_once(path: Path, text: str) -> None:
+def create_once(path: Path, text: str) -> None:
     """Write ``path`` (mode 0600) unless it exists; of two processes creating it at once, the first to
-    finish wins and the other reads the winner's, so no key is ever hashed under a pepper that is lost."""
+    finish wins and the other reads the winner's, so nothing is ever hashed under a secret that is lost
+    (the key pepper here, the user salt in serving.py)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
     try:
@@ -59,7 +60,8 @@ def _create_once(path: Path, text: str) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _check_private(path: Path) -> None:
+def check_private(path: Path) -> None:
+    """Refuse a secret file that other users can read: a readable secret makes its hashes guessable."""
     if path.stat().st_mode & 0o077:
         raise TunelabError(f"{path} can be read by other users; run: chmod 600 {path}")
 

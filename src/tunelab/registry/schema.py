@@ -3,7 +3,8 @@ that the migrations and these models agree.
 
 The run folder stays the source of artifacts: the registry indexes runs, their metric series,
 artifact checksums, datasets with per-row hashes, evaluations with per-item results, and named models
-with versions and aliases. It never copies weights.
+with versions and aliases. It never copies weights. The server adds what it answered, the feedback on
+those answers, and its A/B tests.
 """
 
 from __future__ import annotations
@@ -196,3 +197,52 @@ class ApiKey(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ServedResponse(Base):
+    """One answer the server gave: what was asked, by whom (as a salted hash), which model answered and how fast.
+    Feedback and A/B reports hang off it; ``user_hash`` finds one person's rows to export or erase them."""
+
+    __tablename__ = "served_responses"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the OpenAI id, e.g. chatcmpl-...
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    endpoint: Mapped[str] = mapped_column(String(20))  # chat or completion
+    model: Mapped[str] = mapped_column(String(200))  # the name the client asked for
+    served_model: Mapped[str] = mapped_column(String(200))  # the base or adapter that answered
+    model_version: Mapped[str | None] = mapped_column(String(200))  # support@3, run:<id> or base:<model>
+    ab_test: Mapped[str | None] = mapped_column(String(200), index=True)
+    arm: Mapped[str | None] = mapped_column(String(200))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    user_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    prompt: Mapped[dict | list | str] = mapped_column(JSON)  # the messages list or the prompt string
+    response: Mapped[list] = mapped_column(JSON)  # one text per choice
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    finish_reasons: Mapped[list] = mapped_column(JSON)
+
+
+class Feedback(Base):
+    """A user's judgement of a served response: thumbs up/down, a 1-5 score, a corrected answer, a comment."""
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("served_responses.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    rating: Mapped[str | None] = mapped_column(String(8))  # up or down
+    score: Mapped[int | None] = mapped_column(Integer)  # 1 to 5
+    corrected: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(16))
+    user_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class AbTest(Base):
+    """A named split of traffic between models (arm -> weight, summing to 1); re-starting an ended one replaces it."""
+
+    __tablename__ = "ab_tests"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    arms: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str | None] = mapped_column(String(16))  # the admin key's id

@@ -16,8 +16,12 @@ one autograd function, ``LoraMatmul``, whose backward ends the same way: the inp
 ``addmm_`` instead of two products and a sum (3% faster training steps, measured side by side).
 
 Only plain LoRA on a plain ``nn.Linear`` base with one active, unmerged adapter takes this path
-(also rsLoRA, which differs only in its scale); DoRA, quantized bases, several adapters at once and
+(also rsLoRA, which differs only in its scale); DoRA, quantized bases, several active adapters and
 disabled adapters keep peft's own forward.
+
+A mixed batch (peft's ``adapter_names``: one adapter name, or ``__base__``, per row, as the server
+sends) takes the same path per group of rows: each row gets exactly the arithmetic it would get
+alone with its adapter active, so a served adapter computes what ``tunelab eval`` computed.
 """
 
 from __future__ import annotations
@@ -37,9 +41,16 @@ def use_single_rounding(model: torch.nn.Module) -> int:
 
 
 def single_rounding_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    names = kwargs.get("adapter_names")
+    if names is not None and not args and _plain_rows(self, kwargs):
+        return _rows_by_adapter(self, x, names)
     adapter = None if args else _plain_active_adapter(self, kwargs)
     if adapter is None:
         return LoraLinear.forward(self, x, *args, **kwargs)
+    return _single_rounding(self, x, adapter)
+
+
+def _single_rounding(self: LoraLinear, x: torch.Tensor, adapter: str) -> torch.Tensor:
     base, lora_a, lora_b = self.base_layer, self.lora_A[adapter], self.lora_B[adapter]
     autocast = torch.is_autocast_enabled(x.device.type)
     dtype = torch.get_autocast_dtype(x.device.type) if autocast else base.weight.dtype
@@ -92,6 +103,35 @@ class LoraMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (grad_inner @ a).addmm_(grad, weight.to(rows.dtype)).view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _plain_rows(layer: LoraLinear, kwargs: dict) -> bool:
+    """Whether every adapter a mixed batch names is plain LoRA here (or absent: those rows get the base)."""
+    if layer.disable_adapters or layer.merged or any(v is not None for k, v in kwargs.items() if k != "adapter_names"):
+        return False
+    return not any(name in layer.lora_variant for name in set(kwargs["adapter_names"]))
+
+
+def _rows_by_adapter(layer: LoraLinear, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Each group of rows through its own adapter (rows of ``__base__``, or of an adapter this layer does not
+    have, through the base layer alone)."""
+    groups: dict[str, list[int]] = {}
+    for row, name in enumerate(names):
+        groups.setdefault(name, []).append(row)
+
+    def through(name: str, rows: torch.Tensor) -> torch.Tensor:
+        return _single_rounding(layer, rows, name) if name in layer.lora_A else layer.base_layer(rows)
+
+    if len(groups) == 1:
+        return through(names[0], x)
+    out = None
+    for name, rows in groups.items():
+        index = torch.tensor(rows, device=x.device)
+        part = through(name, x.index_select(0, index))
+        if out is None:
+            out = part.new_empty((x.shape[0], *part.shape[1:]))
+        out.index_copy_(0, index, part)
+    return out
 
 
 def _plain_active_adapter(layer: LoraLinear, kwargs: dict) -> str | None:
