@@ -80,6 +80,7 @@ def client_main(base_url: str, models: list[str], client: int, requests: int, ma
     """Wait at the barrier, then send up to ``requests`` streamed chat requests one after another."""
     import openai
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the benchmark's to handle: it ends the clients
     api = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=request_timeout)
     records: list[dict] = []
     try:
@@ -232,8 +233,8 @@ def server_for(config: str, runs: dict, model_dir: Path, dtype: str, work: Path,
     registry = f"sqlite:///{work / 'registry.db'}"  # a throwaway registry: the response log writes there
     tunelab = [sys.executable, "-m", "tunelab.cli", "serve", "--base", MODEL, "--no-auth", "--host", "127.0.0.1",
                "--port", str(port), "--registry", registry]
-    transformers = [shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers", "serve", str(model_dir), "--host",
-                    "127.0.0.1", "--port", str(port), "--dtype", dtype]
+    cli = shutil.which("transformers", path=str(Path(sys.executable).parent)) or "transformers"  # the venv's own
+    transformers = [cli, "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype]
     if config == "a":
         return Server(config, tunelab + ["--adapter", f"movie={runs['movie']}"], port, "/ready", log, env), ["movie"]
     if config == "b":
@@ -310,7 +311,8 @@ def summarize(load: dict, planned: int) -> dict:
     messages: dict[str, int] = {}
     for r in errors:
         messages[r["error"]] = messages.get(r["error"], 0) + 1
-    return {"planned": planned, "done": len(ok), "sent": len(records), "errors": len(errors) + len(load["client_failures"]),
+    return {"planned": planned, "done": len(ok), "sent": len(records),
+            "errors": len(errors) + len(load["client_failures"]),
             "error_kinds": messages, "client_failures": load["client_failures"], "wall_s": wall,
             "completion_tokens": tokens, "mean_completion_tokens": tokens / len(ok) if ok else None,
             "usage_missing": sum(1 for r in ok if not r["usage_reported"]),
@@ -399,7 +401,8 @@ def markdown(res: dict) -> str:
         for message, count in s.get("error_kinds", {}).items():
             lines.append(f"- ({c}) {count} x {message}")
         if s.get("usage_missing"):
-            lines.append(f"- ({c}) {s['usage_missing']} responses had no usage chunk; their content chunks were counted")
+            lines.append(f"- ({c}) {s['usage_missing']} responses had no usage chunk; their content chunks were "
+                         "counted")
     if {"c", "c2"} & set(res["results"]):
         lines.append("- (c) and (c2) answer with the base model: transformers serve has no LoRA adapters.")
     if "d" in res["results"]:
@@ -418,7 +421,8 @@ def markdown(res: dict) -> str:
         verdict = "n/a" if g["pass"] is None else ("PASS" if g["pass"] else "FAIL")
         lines.append(f"| {g['name']} | {g['value']} | {verdict} |")
     lines += ["", f"Whole benchmark: {res['elapsed_s'] / 60:.1f} minutes.", "", "## Command lines", "", "```",
-              "# $WORK: a temporary folder; $MODEL_DIR: the converted embedded model (tunelab.model_files.resolve_model)",
+              "# $WORK: a temporary folder; $MODEL_DIR: the converted embedded model "
+              "(tunelab.model_files.resolve_model)",
               res["command"]]
     if res.get("train_command"):
         lines += ["# the adapter run:", res["train_command"]]
@@ -453,19 +457,22 @@ def shown(cmd: list[str], work: Path, model_dir: Path, port: int | None = None) 
 def run_config(config: str, runs: dict, model_dir: Path, dtype: str, work: Path, env: dict, args) -> dict:
     """Start one configuration's server, warm it up, load it, stop it: its summary, or why it did not run."""
     server, models = server_for(config, runs, model_dir, dtype, work, env)
-    entry = {"command": shown(server.cmd, work, model_dir, server.port), "models": models}
+    entry = {"command": shown(server.cmd, work, model_dir, server.port),
+             "models": [m.replace(str(model_dir), "$MODEL_DIR") for m in models]}
     print(f"{LABELS[config]}: starting ...", flush=True)
     try:
         try:
             server.start()
             entry["ready_s"] = round(server.wait_ready(), 1)
+            began = time.monotonic()
             warm_up(server.base_url, models[0], args.request_timeout)
+            entry["warm_up_s"] = round(time.monotonic() - began, 1)
         except Exception as error:
             entry["skipped"] = one_line(error)
             print(f"({config}) did not run: {entry['skipped']}", flush=True)
             return entry
-        print(f"({config}) ready after {entry['ready_s']} s; {args.clients} clients x {args.requests} requests, "
-              f"deadline {args.deadline:g} s ...", flush=True)
+        print(f"({config}) ready after {entry['ready_s']} s, warm-up request {entry['warm_up_s']} s; "
+              f"{args.clients} clients x {args.requests} requests, deadline {args.deadline:g} s ...", flush=True)
         try:
             load = run_load(server.base_url, models, args)
         except Exception as error:
@@ -586,4 +593,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("interrupted: every server and client this benchmark started is stopped")
