@@ -264,8 +264,9 @@ def warm_up(base_url: str, model: str, timeout: float) -> None:
 
 def train_adapter(work: Path, env: dict) -> tuple[Path, list[str]]:
     """A short LoRA run on smollm2-135m: about a minute on 2 idle cores (a few steps, a tiny eval)."""
-    cmd = [sys.executable, "-m", "tunelab.cli", "train", "/dev/null", f"model={MODEL}", f"data.train={DATA}",
-           "data.max_train_examples=200", "data.val_fraction=0.02", "data.test_fraction=0.02",
+    cmd = [sys.executable, "-m", "tunelab.cli", "train", "/dev/null", f"model={MODEL}",
+           f"data.train={DATA.relative_to(ROOT)}", "data.max_train_examples=200", "data.val_fraction=0.02",
+           "data.test_fraction=0.02",
            "train.max_steps=10", "train.batch_size=4", "train.max_length=128", "eval.baseline=false",
            "eval.max_examples=8", "run_name=movie", f"output_dir={work / 'trained'}", "--overwrite",
            "--registry", f"sqlite:///{work / 'registry.db'}"]

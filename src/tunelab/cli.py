@@ -400,11 +400,10 @@ def promotion_parity(registry_url: str | None, ref: str) -> None:
     # start-up time: the server's modules (FastAPI, torch) load only when a check runs
     from tunelab.serve.parity import check_parity, explain
 
-    report = check_parity(folder, limit=8)
-    print(explain(report), file=sys.stderr)
+    report = check_parity(folder, limit=8, progress=False)  # promote's output stays its result or refusal
     if not report.passed:
-        raise TunelabError(f"not promoting {ref}: it fails train-to-serve parity (tunelab parity {folder}; "
-                           "--no-parity skips this check)")
+        raise TunelabError(f"not promoting {ref}: it fails train-to-serve parity; {explain(report)} "
+                           "(--no-parity skips this check)")
 
 
 def resolve_run_folder(ref: str, registry_url: str | None) -> str:

@@ -58,7 +58,7 @@ def contiguous_head_input(model):
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 32,
              desc: str = "generating", sampling: dict | None = None,
-             max_batch_tokens: int = GENERATION_BATCH_TOKENS) -> list[str]:
+             max_batch_tokens: int = GENERATION_BATCH_TOKENS, progress: bool = True) -> list[str]:
     """Batched generation with the KV cache; stops at the EOS token.
 
     Prompts of a batch are padded on the left, or between a prefix they share and their own tokens,
@@ -85,7 +85,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, ba
     settings = {"max_new_tokens": max_new_tokens, **decoding, "pad_token_id": pad,
                 "eos_token_id": tokenizer.eos_token_id}
     with contiguous_head_input(model):
-        for batch in tqdm(batches, desc=desc, leave=False):
+        for batch in tqdm(batches, desc=desc, leave=False, disable=not progress):
             ids = [encoded[i] for i in batch]
             shared = 0 if virtual_tokens else _shared_prefix(ids)
             input_ids, attention = _prefix_padding_suffix(ids, shared, pad)

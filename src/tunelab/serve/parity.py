@@ -22,6 +22,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from tunelab.errors import TunelabError
 from tunelab.inference.generate import generate
 from tunelab.io import atomic_write_json
@@ -56,7 +58,27 @@ class ParityReport:
 
 
 def check_parity(run_dir: str | Path, server: str | None = None, api_key: str | None = None,
-                 model: str | None = None, limit: int = DEFAULT_PROMPTS, merged: bool = True) -> ParityReport:
+                 model: str | None = None, limit: int = DEFAULT_PROMPTS, merged: bool = True,
+                 progress: bool = True) -> ParityReport:
+    """The run's first ``limit`` held-out prompts through each path; ``progress`` False shows no bars at all."""
+    with weight_loading_bars(progress):
+        return _check_parity(run_dir, server, api_key, model, limit, merged, progress)
+
+
+@contextmanager
+def weight_loading_bars(shown: bool) -> Iterator[None]:
+    if shown or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _check_parity(run_dir: str | Path, server: str | None, api_key: str | None, model: str | None, limit: int,
+                  merged: bool, progress: bool) -> ParityReport:
     run = RunFolder(run_dir)
     config = run.config()
     if config.method not in SERVABLE_METHODS or run.weights_dir.name != "adapter":
@@ -67,12 +89,12 @@ def check_parity(run_dir: str | Path, server: str | None = None, api_key: str | 
     new_tokens = config.eval.max_new_tokens
     loaded = load_run(run.path)
     report.outputs["eval"] = generate(loaded.model, loaded.tokenizer, [c.prompt for c in cases], new_tokens,
-                                      config.eval.batch_size, desc="parity: eval path")
+                                      config.eval.batch_size, desc="parity: eval path", progress=progress)
     report.prompt_tokens["eval"] = [len(loaded.tokenizer(c.prompt, add_special_tokens=False)["input_ids"])
                                     for c in cases]
     del loaded
     if merged:
-        report.outputs.update(_merged_paths(run, cases, new_tokens, config.eval.batch_size))
+        report.outputs.update(_merged_paths(run, cases, new_tokens, config.eval.batch_size, progress))
     with _server(run, server) as (url, key):
         texts, counts = _through_server(url, api_key or key, model or SERVED_NAME, cases, new_tokens)
     report.outputs["server"], report.prompt_tokens["server"] = texts, counts
@@ -84,13 +106,16 @@ def check_parity(run_dir: str | Path, server: str | None = None, api_key: str | 
     return report
 
 
-def _merged_paths(run: RunFolder, cases: list[Case], new_tokens: int, batch_size: int) -> dict[str, list[str]]:
+def _merged_paths(run: RunFolder, cases: list[Case], new_tokens: int, batch_size: int,
+                  progress: bool) -> dict[str, list[str]]:
     """The adapter on an fp32 base and its merged export, both greedy (merge_adapter consumes the model)."""
     loaded = load_run(run.path, for_merging=True)
     prompts = [c.prompt for c in cases]
-    adapter = generate(loaded.model, loaded.tokenizer, prompts, new_tokens, batch_size, desc="parity: adapter fp32")
+    adapter = generate(loaded.model, loaded.tokenizer, prompts, new_tokens, batch_size, desc="parity: adapter fp32",
+                       progress=progress)
     merged_model = merge_adapter(loaded.model, "fp32")
-    merged = generate(merged_model, loaded.tokenizer, prompts, new_tokens, batch_size, desc="parity: merged")
+    merged = generate(merged_model, loaded.tokenizer, prompts, new_tokens, batch_size, desc="parity: merged",
+                      progress=progress)
     del merged_model, loaded
     return {"adapter_fp32": adapter, "merged": merged}
 
