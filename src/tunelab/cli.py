@@ -375,7 +375,7 @@ def cmd_serve(args) -> None:
         max_batch=1 if args.no_batching else args.max_batch, max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes, max_model_len=args.max_model_len, parity_check=args.parity_check,
         limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n, default_max_tokens=min(512, args.max_tokens)))
-    serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile)
+    serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.access_log)
 
 
 def cmd_parity(args) -> None:
@@ -445,6 +445,7 @@ def add_serve_parsers(sub) -> None:
     p.add_argument("--parity-check", action="store_true",
                    help="answer a few held-out prompts of each adapter's run through the server and through eval's "
                         "generation when it loads, and refuse an adapter whose answers differ")
+    p.add_argument("--access-log", action="store_true", help="log one line per request (off: it costs CPU under load)")
     p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     registry_option(p, json_output=False)

@@ -29,7 +29,7 @@ def parse_ab(text: str) -> tuple[str, dict[str, float]]:
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None) -> None:
+          ssl_keyfile: str | None = None, access_log: bool = False) -> None:
     if not settings.auth:
         warn_no_auth(host)
     print(f"loading {settings.base} and {len(settings.adapters)} adapter(s)...", file=sys.stderr, flush=True)
@@ -38,8 +38,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ss
     scheme = "https" if ssl_certfile else "http"
     auth = "auth on: make a key with tunelab keys create NAME" if settings.auth else "NO AUTH"
     print(f"serving {names} at {scheme}://{host}:{port}/v1 ({auth})", file=sys.stderr, flush=True)
-    uvicorn.run(build_app(state), host=host, port=port, log_level="info", ssl_certfile=ssl_certfile,
-                ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10)
+    uvicorn.run(build_app(state), host=host, port=port, log_level="info", access_log=access_log,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10)
 
 
 def warn_no_auth(host: str) -> None:
