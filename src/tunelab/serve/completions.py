@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import anyio
+
 from tunelab.data.templates import render, with_system_prompt
 from tunelab.serve.constrained import constraint_for
 from tunelab.serve.engine import Event, QueueFull, sequences_for
@@ -109,11 +111,12 @@ def sampling_for(request: ChatRequest | CompletionRequest, served: Served, promp
                     top_logprobs=top_logprobs)
 
 
-def start_job(engine, served: Served, asked: str, endpoint: str, prompts: list[list[int]], sampling: Sampling,
-              n: int, response_format: dict | None) -> Job:
+async def start_job(engine, served: Served, asked: str, endpoint: str, prompts: list[list[int]], sampling: Sampling,
+                    n: int, response_format: dict | None) -> Job:
     """Queue every choice of the request (429 when the queue is full)."""
     vocab = served_vocab(engine, served)
-    constraint_for(response_format, served.tokenizer, sorted(served.eos), vocab)  # a bad schema is a 400 now
+    if response_format is not None:  # a bad schema is a 400 now; the first use of a tokenizer or schema compiles
+        await anyio.to_thread.run_sync(constraint_for, response_format, served.tokenizer, sorted(served.eos), vocab)
     loop = asyncio.get_running_loop()
     job = Job(f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{secrets.token_hex(12)}", endpoint, served, asked,
               sum(map(len, prompts)), n * len(prompts), asyncio.Queue())

@@ -67,7 +67,7 @@ async def chat_completions(body: ChatRequest, request: Request):
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     sampling = sampling_for(body, served, len(ids), state.limits, body.logprobs, top)
     response_format = body.response_format.as_dict() if body.response_format else None
-    job = start_job(state.engine, served, body.model, "chat", [ids], sampling, body.n, response_format)
+    job = await start_job(state.engine, served, body.model, "chat", [ids], sampling, body.n, response_format)
     messages = [m.as_dict() for m in body.messages]
 
     def finished(job, outcome):
@@ -95,7 +95,7 @@ async def completions(body: CompletionRequest, request: Request):
     logprobs = body.logprobs is not None
     sampling = sampling_for(body, served, max(map(len, prompts)), state.limits, logprobs, body.logprobs or 0)
     response_format = body.response_format.as_dict() if body.response_format else None
-    job = start_job(state.engine, served, body.model, "completion", prompts, sampling, body.n, response_format)
+    job = await start_job(state.engine, served, body.model, "completion", prompts, sampling, body.n, response_format)
 
     def finished(job, outcome):
         state.finished(job, outcome, principal=principal, user=body.user, prompt=body.prompts, test=test, arm=arm)
