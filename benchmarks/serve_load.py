@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
-import re
 import shlex
 import shutil
 import signal
@@ -434,17 +432,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-            model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def shown(cmd: list[str], work: Path, model_dir: Path, port: int | None = None) -> str:
     """A command as a reader would type it: no interpreter path, temporary folder, cache path or port."""
     if cmd[1:3] == ["-m", "tunelab.cli"]:
@@ -542,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     from tunelab.model_files import resolve_model
     from tunelab.modeling.load import frozen_dtype
     from tunelab.runs.folder import RunFolder
+
+    sys.path.insert(0, str(HERE))  # the sibling benchmark (here, not at import: client processes import this file)
+    from train_throughput import machine
 
     work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix="tunelab-serve-load-"))
     work.mkdir(parents=True, exist_ok=True)

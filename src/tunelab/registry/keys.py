@@ -32,10 +32,16 @@ KEY_PATTERN = re.compile(r"^tl-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
 
 def pepper() -> bytes:
     """The HMAC key: ``$TUNELAB_KEY_PEPPER``, else the pepper file (made on first use, owner-only)."""
-    configured = os.environ.get(PEPPER_VARIABLE)
+    return secret(PEPPER_VARIABLE, PEPPER_FILE)
+
+
+def secret(variable: str, filename: str) -> bytes:
+    """``$variable`` if set, else the file ``$TUNELAB_HOME/filename``: 32 random bytes (hex) made on first use,
+    owner-only, refused when others can read it."""
+    configured = os.environ.get(variable)
     if configured:
         return configured.encode()
-    path = tunelab_home() / PEPPER_FILE
+    path = tunelab_home() / filename
     if not path.exists():
         create_once(path, secrets.token_hex(32))
     check_private(path)

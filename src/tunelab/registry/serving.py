@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
-import secrets
 from collections import defaultdict
 from datetime import datetime, timezone
 
@@ -25,8 +23,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from tunelab.errors import TunelabError
-from tunelab.paths import tunelab_home
-from tunelab.registry.keys import check_private, create_once
+from tunelab.registry.keys import secret
 from tunelab.registry.schema import AbTest, Feedback, ServedResponse
 from tunelab.registry.stats import proportion_interval
 
@@ -49,14 +46,7 @@ ARMS_EXAMPLE = "support@1:0.5,support@2:0.5"
 def user_salt() -> bytes:
     """The HMAC key for user ids: ``$TUNELAB_USER_SALT``, else the salt file (made on first use, owner-only).
     Servers sharing a registry must share it, or one person gets a different subject id on each."""
-    configured = os.environ.get(SALT_VARIABLE)
-    if configured:
-        return configured.encode()
-    path = tunelab_home() / SALT_FILE
-    if not path.exists():
-        create_once(path, secrets.token_hex(32))
-    check_private(path)
-    return path.read_text(encoding="utf-8").strip().encode()
+    return secret(SALT_VARIABLE, SALT_FILE)
 
 
 def user_hash(user: str) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.orm import Session
 
 from tunelab.errors import TunelabError
 from tunelab.registry.keys import create_key, list_keys, revoke_key
@@ -19,6 +22,7 @@ from tunelab.serve.protocol import AbStart, AdapterLoad, KeyCreate
 from tunelab.serve.routes_openai import model_card
 
 router = APIRouter()
+T = TypeVar("T")
 UNLOAD_WAIT_SECONDS = 30  # requests still on an adapter being unloaded get this long to finish
 
 
@@ -90,36 +94,22 @@ async def unload_adapter(name: str, request: Request):
 
 @router.get("/v1/admin/keys")
 async def keys(request: Request):
-    state = server(request)
-
-    def listed():
-        with state.registry.session() as session:
-            return list_keys(session)
-
-    return {"object": "list", "data": await anyio.to_thread.run_sync(listed)}
+    return {"object": "list", "data": await in_registry(request, list_keys)}
 
 
 @router.post("/v1/admin/keys", status_code=201)
 async def new_key(body: KeyCreate, request: Request):
-    state = server(request)
+    def create(session):
+        row, key = create_key(session, body.name, body.role)
+        return {"id": row.id, "name": row.name, "role": row.role, "key": key}
 
-    def create():
-        with state.registry.session() as session:
-            row, key = create_key(session, body.name, body.role)
-            return {"id": row.id, "name": row.name, "role": row.role, "key": key}
-
-    return await anyio.to_thread.run_sync(create)
+    return await in_registry(request, create)
 
 
 @router.delete("/v1/admin/keys/{key_id}")
 async def revoke(key_id: str, request: Request):
+    revoked = await in_registry(request, lambda session: revoke_key(session, key_id).id)
     state = server(request)
-
-    def run():
-        with state.registry.session() as session:
-            return revoke_key(session, key_id).id
-
-    revoked = await anyio.to_thread.run_sync(run)
     if state.keys is not None:
         state.keys.forget(revoked)
     return {"id": revoked, "revoked": True}
@@ -129,48 +119,39 @@ async def revoke(key_id: str, request: Request):
 
 @router.get("/v1/ab")
 async def ab_tests(request: Request):
-    state = server(request)
-
-    def listed():
-        with state.registry.session() as session:
-            return list_ab_tests(session)
-
-    return {"object": "list", "data": await anyio.to_thread.run_sync(listed)}
+    return {"object": "list", "data": await in_registry(request, list_ab_tests)}
 
 
 @router.get("/v1/ab/{name}")
 async def ab_results(name: str, request: Request):
-    state = server(request)
-    state.responses.flush()
-
-    def report():
-        with state.registry.session() as session:
-            return ab_report(session, name)
-
-    return await anyio.to_thread.run_sync(report)
+    server(request).responses.flush()  # the latest answers count
+    return await in_registry(request, lambda session: ab_report(session, name))
 
 
 @router.post("/v1/ab", status_code=201)
 async def start_ab(body: AbStart, request: Request):
     state = server(request)
     state.check_arms(body.name, body.arms)
-
-    def start():
-        with state.registry.session() as session:
-            return dict(start_ab_test(session, body.name, body.arms, created_by=request.state.principal.key_id).arms)
-
-    state.ab_tests[body.name] = await anyio.to_thread.run_sync(start)
-    return {"name": body.name, "arms": state.ab_tests[body.name]}
+    creator = request.state.principal.key_id
+    arms = await in_registry(request, lambda session: dict(start_ab_test(session, body.name, body.arms,
+                                                                         created_by=creator).arms))
+    state.ab_tests[body.name] = arms
+    return {"name": body.name, "arms": arms}
 
 
 @router.delete("/v1/ab/{name}")
 async def end_ab(name: str, request: Request):
+    await in_registry(request, lambda session: end_ab_test(session, name))
+    server(request).ab_tests.pop(name, None)
+    return {"name": name, "ended": True}
+
+
+async def in_registry(request: Request, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one registry transaction, on a worker thread: the event loop never waits on it."""
     state = server(request)
 
-    def end():
+    def run() -> T:
         with state.registry.session() as session:
-            end_ab_test(session, name)
+            return work(session)
 
-    await anyio.to_thread.run_sync(end)
-    state.ab_tests.pop(name, None)
-    return {"name": name, "ended": True}
+    return await anyio.to_thread.run_sync(run)
