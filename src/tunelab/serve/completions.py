@@ -114,7 +114,7 @@ def sampling_for(request: ChatRequest | CompletionRequest, served: Served, promp
 async def start_job(engine, served: Served, asked: str, endpoint: str, prompts: list[list[int]], sampling: Sampling,
                     n: int, response_format: dict | None) -> Job:
     """Queue every choice of the request (429 when the queue is full)."""
-    vocab = served_vocab(engine, served)
+    vocab = engine.model.get_output_embeddings().weight.shape[0]  # the logits' width, past the tokenizer's
     if response_format is not None:  # a bad schema is a 400 now; the first use of a tokenizer or schema compiles
         await anyio.to_thread.run_sync(constraint_for, response_format, served.tokenizer, sorted(served.eos), vocab)
     loop = asyncio.get_running_loop()
@@ -135,10 +135,6 @@ async def start_job(engine, served: Served, asked: str, endpoint: str, prompts: 
         raise ApiError(429, f"the server is busy ({full}); retry after {RETRY_AFTER_SECONDS} s",
                        code="server_busy", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
     return job
-
-
-def served_vocab(engine, served: Served) -> int:
-    return engine.model.get_output_embeddings().weight.shape[0]
 
 
 async def collect(job: Job) -> Outcome:

@@ -139,7 +139,15 @@ class Engine:
         return len(self.rows)
 
     def busy_with(self, adapter: str) -> bool:
-        return any(s.adapter == adapter for s in [*self.rows, *self.waiting])
+        with self.wake:  # the queue changes under the model's thread
+            return any(s.adapter == adapter for s in [*self.rows, *self.waiting])
+
+    def cancel(self, adapter: str) -> None:
+        """End every choice for ``adapter`` at the next step (queued ones are never started)."""
+        with self.wake:
+            for s in [*self.rows, *self.waiting]:
+                if s.adapter == adapter:
+                    s.cancelled = True
 
     # -- the model's thread -----------------------------------------------------------------------------
 

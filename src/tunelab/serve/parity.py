@@ -95,8 +95,8 @@ def _check_parity(run_dir: str | Path, server: str | None, api_key: str | None, 
     del loaded
     if merged:
         report.outputs.update(_merged_paths(run, cases, new_tokens, config.eval.batch_size, progress))
-    with _server(run, server) as (url, key):
-        texts, counts = _through_server(url, api_key or key, model or SERVED_NAME, cases, new_tokens)
+    with _server(run, server) as url:
+        texts, counts = _through_server(url, api_key, model or SERVED_NAME, cases, new_tokens)
     report.outputs["server"], report.prompt_tokens["server"] = texts, counts
     _compare(report, cases)
     if all(c.reference is not None for c in cases) and run.labels(config):
@@ -122,16 +122,16 @@ def _merged_paths(run: RunFolder, cases: list[Case], new_tokens: int, batch_size
 
 def _server(run: RunFolder, url: str | None):
     if url:
-        return nullcontext((url.rstrip("/").removesuffix("/v1"), None))
+        return nullcontext(url.rstrip("/").removesuffix("/v1"))
     return _local_server(run)
 
 
 @contextmanager
-def _local_server(run: RunFolder) -> Iterator[tuple[str, None]]:
+def _local_server(run: RunFolder) -> Iterator[str]:
     """A loopback server with auth off, serving only this run, for as long as the check runs."""
     state = ServerState(ServeSettings(base=run.config().model, adapters=[(SERVED_NAME, str(run.path))], auth=False))
     with server_in_thread(state) as url:
-        yield url, None
+        yield url
 
 
 def _through_server(url: str, key: str | None, model: str, cases: list[Case], new_tokens: int):

@@ -82,9 +82,7 @@ async def unload_adapter(name: str, request: Request):
     deadline = time.monotonic() + UNLOAD_WAIT_SECONDS
     while state.engine.busy_with(name) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    for s in [*state.engine.rows, *state.engine.waiting]:
-        if s.adapter == name:
-            s.cancelled = True
+    state.engine.cancel(name)
 
     await asyncio.wrap_future(state.engine.call(lambda: detach_now(state, name)))
     return {"id": name, "object": "model", "deleted": True}
