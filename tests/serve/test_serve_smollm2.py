@@ -1,5 +1,9 @@
 """The real SmolLM2-135M with a real LoRA run: through the server it answers the held-out prompts exactly as
-``tunelab eval``'s generation does (greedy, same prompts, same stops), so it scores the same accuracy."""
+``tunelab eval``'s generation does (greedy, same prompts, same stops), so it scores the same accuracy.
+
+The run is in fp32. In bf16, where the server's rows join the batch is timing-dependent, so their padding
+differs from eval's, and one borderline answer in 96 was seen to flip (eval "positive", server "negative"):
+a known gap (README, Known gaps), not something this test should hide behind a tolerance."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def test_served_adapter_matches_eval_answer_for_answer(tmp_path, monkeypatch):
                                 "run_name=served", "data.seed=7", "data.val_fraction=0.01", "data.test_fraction=0.05",
                                 "data.max_train_examples=480", "train.max_steps=20", "train.batch_size=12",
                                 "train.max_length=256", "train.learning_rate=4e-4", "eval.max_examples=96",
+                                "train.precision=fp32",
                                 "eval.baseline=false"])
     train(config)
     run = tmp_path / "runs" / "served"
