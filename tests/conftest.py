@@ -87,6 +87,15 @@ def tiny_t5_64_dir(tmp_path_factory, tiny_tokenizer):
     return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5-64"), tiny_tokenizer, width=64)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_home(tmp_path_factory):
+    """Module and session fixtures start before a test's own home is set (commands they run write the audit
+    log and the registry there): they get a home of their own, never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNELAB_HOME", str(tmp_path_factory.mktemp("session-home")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Never touch the user's ~/.tunelab from a test."""

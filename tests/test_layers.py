@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 LAYERS = [
     ("ground", ("tunelab", "tunelab.errors", "tunelab.io", "tunelab.paths", "tunelab.config", "tunelab.memory",
                 "tunelab.tables", "tunelab.model_files")),
+    ("security", ("tunelab.security",)),
     ("data", ("tunelab.data",)),
     ("modeling", ("tunelab.modeling",)),
     ("inference", ("tunelab.inference",)),

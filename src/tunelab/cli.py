@@ -7,6 +7,8 @@ Ctrl-C exits 130 after whatever was saved atomically so far.
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import logging
 import os
 import sys
@@ -14,6 +16,7 @@ import warnings
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.model_files import trusting_remote_code
 
 
 def cmd_train(args) -> None:
@@ -21,10 +24,23 @@ def cmd_train(args) -> None:
     from tunelab.config import load_config
     from tunelab.registry.recorder import recording
     from tunelab.train.recipes import train
+    from tunelab.train.setup import resume_config
 
-    config = load_config(args.config, args.overrides)
+    positional = [args.config, *args.overrides] if args.config else list(args.overrides)
+    resume = args.resume  # False, True (CONFIG --resume) or a value: RUN_DIR, or the old orders' CONFIG / override
+    if isinstance(resume, str) and not Path(resume).is_dir():  # train --resume CONFIG ..., train CONFIG --resume k=v
+        positional, resume = ([*positional, resume] if "=" in resume else [resume, *positional]), True
+    if resume is True and positional and Path(positional[0]).is_dir():  # train RUN_DIR --resume
+        resume, positional = positional[0], positional[1:]
+    if isinstance(resume, str):
+        config = resume_config(resume, positional)
+    elif positional:
+        config = load_config(positional[0], positional[1:])
+    else:
+        raise TunelabError("train needs a config (a YAML file, or /dev/null with key=value overrides), or "
+                           "--resume RUN_DIR to continue a run from its folder")
     with recording(config.run_dir, url=args.registry):
-        train(config, resume=args.resume, overwrite=args.overwrite)
+        train(config, resume=bool(resume), overwrite=args.overwrite)
 
 
 def cmd_quickstart(args) -> None:
@@ -41,11 +57,15 @@ def cmd_quickstart(args) -> None:
 def cmd_eval(args) -> None:
     # start-up time: a command loads its own modules (torch, transformers) only when it runs
     from tunelab.eval.cli_eval import evaluate_cli, output_folder
+    from tunelab.registry.audit_trail import record
     from tunelab.registry.recorder import record_eval
 
     evaluate_cli(args.model, args.data, args.out, args.max_examples, args.baseline, ensemble=args.ensemble)
     if not args.ensemble:  # an ensemble is no single model to file results under
         record_eval(output_folder(args.model, args.data, args.out, None), args.model[0], args.data, url=args.registry)
+    else:
+        record("eval", registry=args.registry, ensemble=args.ensemble,
+               models=[Path(m).name if Path(m).exists() else m for m in args.model])
 
 
 def cmd_sweep(args) -> None:
@@ -79,6 +99,16 @@ def cmd_export(args) -> None:
         from tunelab.runs.export import export_run  # start-up time
 
         export_run(args.run_dir, args.out, dtype=args.dtype or "fp32", max_diff=args.max_diff)
+    from tunelab.registry.audit_trail import artifacts_digest, record  # start-up time: SQLAlchemy, once it is done
+    from tunelab.security.files import encryption_on  # start-up time
+
+    if encryption_on():
+        print(f"the weights in {args.out} are encrypted at rest (a master key is set); on the machine that serves "
+              f"them, `tunelab decrypt {args.out} --out PLAIN` writes the plaintext copy transformers and vLLM "
+              f"load", flush=True)
+
+    record("export", run_name=Path(args.run_dir).resolve().name, artifacts_sha256=artifacts_digest(args.run_dir),
+           target=args.target, precision=args.quant or args.dtype)
 
 
 def cmd_data_prepare(args) -> None:
@@ -98,6 +128,17 @@ def cmd_data_prepare(args) -> None:
     print(format_summary(summary))
     print(format_timings(read_timings(args.out)))
     record_prepared_folder(args.out, url=args.registry)
+
+
+def cmd_data_erase(args) -> None:
+    # start-up time: a command loads its own modules only when it runs
+    from tunelab.data.erase import Selector
+    from tunelab.registry.db import open_registry
+    from tunelab.registry.erasure import erase, format_receipt
+
+    selector = Selector.parse(args.subject, args.match)
+    receipt = erase(open_registry(args.registry), selector, dry_run=args.dry_run)
+    print(json.dumps(receipt, indent=2) if args.json else format_receipt(receipt))
 
 
 def cmd_data_export(args) -> None:
@@ -145,6 +186,7 @@ def add_synth_parser(data) -> None:
         info = SynthConfig.model_fields[field]
         p.add_argument(flag, dest=field, type=kind, default=None, metavar={int: "N", float: "FLOAT"}.get(kind),
                        help=f"{info.description} (default: {info.default})")
+    trust_option(p)
     p.set_defaults(func=cmd_data_synth)
 
 
@@ -182,7 +224,31 @@ def add_augment_parser(data) -> None:
         info = AugmentConfig.model_fields[field]
         default = "" if field == "api_key" else f" (default: {info.default})"
         p.add_argument(flag, dest=field, type=kind, default=None, help=f"{info.description}{default}")
+    trust_option(p)
     p.set_defaults(func=cmd_data_augment)
+
+
+def cmd_cat(args) -> None:
+    # start-up time: a command loads its own modules only when it runs
+    from tunelab.security.files import open_readable
+
+    with open_readable(args.file) as f:
+        while chunk := f.read(1 << 16):
+            sys.stdout.buffer.write(chunk)
+    sys.stdout.flush()
+
+
+def cmd_decrypt(args) -> None:
+    # start-up time: a command loads its own modules only when it runs
+    from tunelab.registry.audit_trail import record
+    from tunelab.security.files import decrypt_folder
+
+    decrypted, copied = decrypt_folder(args.folder, args.out)
+    record("decrypt", folder=Path(args.folder).resolve().name, out=Path(args.out).resolve().name,
+           decrypted=decrypted, copied=copied)
+    print(f"wrote a plaintext copy of {args.folder} to {args.out}: {decrypted} files decrypted, {copied} copied "
+          f"as they were. It is outside tunelab's encryption at rest: keep it only where it is served, and delete "
+          f"it when done", flush=True)
 
 
 def registry_commands():
@@ -238,6 +304,15 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_keys(args) -> None:
+    if args.keys_command in ("generate-master", "rotate"):
+        # start-up time: these need SQLAlchemy only, not the model stack that registry_commands() brings
+        from tunelab.registry import encryption_commands as e
+
+        if args.keys_command == "generate-master":
+            e.keys_generate_master(args.out)
+        else:
+            e.keys_rotate(args.registry, args.new_key_file, args.path)
+        return
     c = registry_commands()
     if args.keys_command == "create":
         c.keys_create(args.registry, args.name, args.role, args.json)
@@ -257,6 +332,19 @@ def cmd_ab(args) -> None:
 
 def cmd_lineage(args) -> None:
     registry_commands().lineage_show(args.registry, args.ref, args.json)
+
+
+def cmd_audit(args) -> None:
+    # start-up time: SQLAlchemy only (not the other registry commands' torch) for checks run by cron
+    from tunelab.registry import audit_trail as c
+
+    if args.audit_command == "verify":
+        if not c.audit_verify(args.registry, args.repair, args.json):
+            raise SystemExit(1)
+    elif args.audit_command == "checkpoint":
+        c.audit_checkpoint(args.registry, args.json)
+    else:
+        c.audit_show(args.n, args.json)
 
 
 def registry_option(parser, json_output: bool = True) -> None:
@@ -331,18 +419,33 @@ def add_registry_parsers(sub) -> None:
     for p in datasets.choices.values():
         p.set_defaults(func=cmd_datasets)
 
-    keys = sub.add_parser("keys", help="API keys for the server: create, list, revoke").add_subparsers(
+    keys = sub.add_parser("keys", help="API keys for the server (create, list, revoke) and the master key for "
+                                           "encryption at rest (generate-master, rotate)").add_subparsers(
         dest="keys_command", required=True)
     p = keys.add_parser("create", help="a new key, printed once (only its HMAC is stored)")
     p.add_argument("--name", required=True, help="who or what uses the key")
-    p.add_argument("--role", choices=["user", "admin"], default="user",
-                   help="user calls models; admin also manages adapters, keys and A/B tests")
+    p.add_argument("--role", default="inference", metavar="{inference,viewer,trainer,admin}",
+                   help="inference (default) calls models and rates its answers; viewer reads models, metrics, "
+                        "adapters and A/B tests; trainer does both and loads adapters, runs A/B tests; admin also "
+                        "manages keys ('user', the old name of inference, still works)")
     registry_option(p)
     p = keys.add_parser("list", help="keys with role, dates and state (never the keys themselves)")
     registry_option(p)
     p = keys.add_parser("revoke", help="stop a key from working")
     p.add_argument("id", help="the key's id (from keys list) or the key itself")
     registry_option(p)
+    p = keys.add_parser("generate-master", help="a new random master key for encryption at rest, in a 0600 file "
+                                               "(default: $TUNELAB_HOME/master.key, which turns encryption on)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write it here instead (then set TUNELAB_KEY_FILE)")
+    p = keys.add_parser("rotate", help="re-wrap every encrypted file's and registry value's data key under a new "
+                                      "master key (no data re-encrypted; safe to re-run after a crash)")
+    p.add_argument("--new-key-file", default=None, metavar="FILE",
+                   help="the new key (from keys generate-master --out); needed when the key comes from "
+                        "TUNELAB_KEY or TUNELAB_KEY_FILE")
+    p.add_argument("--path", action="append", default=[], metavar="DIR",
+                   help="also re-wrap files under DIR (the home folder and every recorded run, dataset and model "
+                        "are always covered); repeatable")
+    registry_option(p, json_output=False)
     for p in keys.choices.values():
         p.set_defaults(func=cmd_keys)
 
@@ -362,6 +465,22 @@ def add_registry_parsers(sub) -> None:
     registry_option(p)
     p.set_defaults(func=cmd_lineage)
 
+    audit = sub.add_parser("audit", help="the tamper-evident audit log ($TUNELAB_HOME/audit.jsonl): verify, "
+                                         "checkpoint, show").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="check the hash chain and the signed checkpoints; exit 1 and name the first "
+                                        "bad entry when the log was altered")
+    p.add_argument("--repair", action="store_true",
+                   help="cut off an incomplete last entry (an append a crash interrupted) and record the cut")
+    registry_option(p)
+    p = audit.add_parser("checkpoint", help="sign the log's length and head hash into the registry now "
+                                            "(after checking the whole log)")
+    registry_option(p)
+    p = audit.add_parser("show", aliases=["tail"], help="the last entries as a table")
+    p.add_argument("-n", type=int, default=20, metavar="N", help="entries to show (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    for p in audit.choices.values():
+        p.set_defaults(func=cmd_audit)
+
 
 def cmd_serve(args) -> None:
     # start-up time: the server's modules (FastAPI, torch) load only when it runs
@@ -374,6 +493,7 @@ def cmd_serve(args) -> None:
         adapter_roots=[Path(r) for r in (args.adapter_root or ["runs"])], ab_tests=[parse_ab(t) for t in args.ab],
         max_batch=1 if args.no_batching else args.max_batch, max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes, max_model_len=args.max_model_len, parity_check=args.parity_check,
+        allow_tainted=args.allow_tainted,
         limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n, default_max_tokens=min(512, args.max_tokens)))
     serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.access_log)
 
@@ -442,6 +562,8 @@ def add_serve_parsers(sub) -> None:
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default the model's, at most "
                                                                    "8192)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--allow-tainted", action="store_true",
+                   help="serve adapters trained on rows that tunelab data erase removed (refused by default)")
     p.add_argument("--parity-check", action="store_true",
                    help="answer a few held-out prompts of each adapter's run through the server and through eval's "
                         "generation when it loads, and refuse an adapter whose answers differ")
@@ -449,6 +571,7 @@ def add_serve_parsers(sub) -> None:
     p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("parity", help="the run's held-out prompts through eval, the merged export and a live server: "
@@ -461,6 +584,7 @@ def add_serve_parsers(sub) -> None:
     p.add_argument("--limit", type=int, default=32, help="held-out prompts to compare (default 32)")
     p.add_argument("--no-merged", action="store_true", help="skip the merged-export path")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_parity)
 
 
@@ -472,13 +596,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.max_steps=20")
     p.add_argument("--output-dir", default="runs")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("train", help="train from a YAML config (use /dev/null and overrides for none)")
-    p.add_argument("config")
+    p.add_argument("config", nargs="?", help="YAML config (omit it with --resume RUN_DIR)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50 method=dora")
-    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue from the run's last checkpoint (verified before it loads): --resume RUN_DIR "
+                        "needs only the run folder and its config.yaml (overrides still apply); CONFIG --resume "
+                        "works as before")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    trust_option(p)
     registry_option(p, json_output=False)
     p.set_defaults(func=cmd_train)
 
@@ -494,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="start no new trial after this many seconds")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("eval", help="evaluate a run (tuned vs its base) or a model on a data file")
@@ -507,6 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the base model")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="merge a run's adapter into its base; write a standalone model folder, a "
@@ -530,9 +661,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-diff", type=float, default=None, metavar="FLOAT",
                    help="largest allowed log-prob difference between the adapter model and the merged export on the "
                         "golden prompts (default 1e-3 for fp32, 1.0 for bf16, 0.25 for fp16)")
+    trust_option(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("cat", help="print a file tunelab wrote (prepared data, predictions, reports), decrypting it "
+                                   "when it is encrypted at rest")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_cat)
+    about = ("write a plaintext copy of a folder tunelab encrypted at rest (an export, a run's adapter/), for a "
+             "server that cannot read encrypted files (vLLM, llama.cpp's converter): this is where content "
+             "deliberately leaves tunelab's encryption; needs the master key it was written with")
+    p = sub.add_parser("decrypt", help=about, description=about)
+    p.add_argument("folder", help="the encrypted folder, e.g. made by tunelab export with a master key set")
+    p.add_argument("--out", required=True, help="new folder for the plaintext copy (it must not exist, or be empty)")
+    p.set_defaults(func=cmd_decrypt)
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("erase", help="remove a person's rows from every dataset version, run copy and the server's "
+                                      "logs; mark the runs, models and aliases trained on them as tainted")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--subject", default=None, metavar="ID", help="the salted user hash the server stores (user_hash)")
+    who.add_argument("--match", default=None, metavar="FIELD=VALUE",
+                     help="rows whose top-level or meta FIELD equals VALUE, e.g. customer_id=C-1042")
+    p.add_argument("--dry-run", action="store_true", help="report what would be removed and tainted; change nothing")
+    registry_option(p)
+    p.set_defaults(func=cmd_data_erase)
     p = data.add_parser("prepare", help="validate, normalize, de-duplicate and split; quarantine bad rows")
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True, help="output folder")
@@ -562,6 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes that clean rows while one reads (default: one per core for inputs over 32 MB)")
     registry_option(p, json_output=False)
+    trust_option(p)
     p.set_defaults(func=cmd_data_prepare)
 
     p = data.add_parser("export", help="check a data file and write it as chat JSONL for hosted fine-tuning APIs")
@@ -592,13 +745,34 @@ def quiet_library_noise() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
+def trust_option(parser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="load models whose config asks to run their own Python code (auto_map); without "
+                             "this flag they are refused")
+
+
+# Errors of the disk, not of tunelab: one line, like a TunelabError.
+STORAGE_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for this system or its size limit (ulimit -f)",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "the file system is read-only"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_noise()
     try:
-        args.func(args)
+        with trusting_remote_code(getattr(args, "trust_remote_code", False)):
+            args.func(args)
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {STORAGE_ERRORS[exc.errno]}{where}; files tunelab writes are replaced whole or not at all, "
+              "so nothing was left half-written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; completed checkpoints are kept (continue with --resume)", file=sys.stderr)

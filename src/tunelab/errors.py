@@ -7,6 +7,10 @@ class TunelabError(Exception):
     """A problem the user can fix: bad config, bad data, missing model or package."""
 
 
+class NotFoundError(TunelabError):
+    """A name or id that points at nothing (a registered model, a version, an alias, a key, an A/B test)."""
+
+
 class ConfigError(TunelabError):
     """One or more config problems, all listed at once."""
 

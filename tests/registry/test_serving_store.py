@@ -299,7 +299,7 @@ def test_the_serving_migration_upgrades_a_registry_that_already_holds_runs_and_k
     registry = open_registry(registry_url)
     run_id = ingest_run(registry, fake_run(tmp_path, "kept", [True] * 3, eval_items(3)))
     with registry.session() as session:
-        create_key(session, "app", "user")
+        create_key(session, "app", "inference")
     config = alembic_config()
     with registry.engine.begin() as connection:  # back to the schema before serving, holding runs and keys
         config.attributes["connection"] = connection

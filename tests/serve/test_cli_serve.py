@@ -40,7 +40,7 @@ def test_serve_command_answers_the_openai_client_and_dies_cleanly_on_kill(tiny_m
     from openai import OpenAI
 
     with open_registry().session() as session:
-        key = create_key(session, "cli-test", "user")[1]
+        key = create_key(session, "cli-test", "inference")[1]
     process, url = start("--base", str(tiny_model_dir), "--adapter", f"a={adapter_runs['a']}")
     try:
         wait_ready(process, url)

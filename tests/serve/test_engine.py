@@ -158,3 +158,18 @@ def test_full_queue_refuses_and_cancelled_rows_leave(tiny):
     finally:
         engine.stop()
     assert first.finish[0] is None and len(first.tokens[0]) < 400
+
+
+def test_extreme_but_valid_sampling_settings_still_pick_a_token():
+    """top_p below float32's range used to zero every token (NaN probabilities: a failed step for the whole
+    batch), and a seed past 64 bits to fail the request; both are valid requests."""
+    from tunelab.serve.sampling import choose, generator_for
+
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0]])
+    for top_p in (8.75e-204, 1e-300, 5e-324):
+        sampling = Sampling(max_tokens=1, temperature=1.0, top_p=top_p, seed=3)
+        assert choose(logits, [sampling], [generator_for(sampling, 0)], [None])[0].token == 1  # the most likely
+    for seed in (10 ** 30, -(10 ** 30), 2 ** 63):
+        assert generator_for(Sampling(max_tokens=1, seed=seed), 0) is not None
+    in_range = Sampling(max_tokens=1, seed=42)  # seeds that fit keep their stream
+    assert generator_for(in_range, 1).initial_seed() == 42 * 1_000_003 + 1

@@ -35,7 +35,7 @@ def test_a_server_with_another_template_fails_with_a_readable_diff(adapter_runs,
     from tests.serve.servers import running_server
 
     with running_server(tiny_model_dir, [("a", changed)]) as running:
-        report = check_parity(adapter_runs["a"], server=running.url, api_key=running.keys["user"], model="a",
+        report = check_parity(adapter_runs["a"], server=running.url, api_key=running.keys["inference"], model="a",
                               limit=3, merged=False)
     assert not report.passed
     assert report.differences[0]["what"] == "prompt"
@@ -64,4 +64,4 @@ def test_parity_check_on_load_accepts_good_adapters_and_refuses_one_that_never_s
         refused = admin.post("/v1/admin/adapters", json={"name": "long", "source": str(stops)})
         assert refused.status_code == 422, refused.text
         assert "failed its parity check" in refused.json()["error"]["message"]
-        assert "long" not in {m["id"] for m in running.http("user").get("/v1/models").json()["data"]}
+        assert "long" not in {m["id"] for m in running.http("inference").get("/v1/models").json()["data"]}

@@ -133,7 +133,7 @@ def test_adapters_load_and_unload_at_run_time_inside_the_roots_only(served, adap
             assert refused.json()["error"]["param"] == "source"
     finally:
         link_inside.unlink()
-    assert served.http("user").post("/v1/admin/adapters", json={"name": "d", "source": "x"}).status_code == 403
+    assert served.http("inference").post("/v1/admin/adapters", json={"name": "d", "source": "x"}).status_code == 403
 
 
 def test_keys_are_required_and_roles_enforced(served):
@@ -144,14 +144,14 @@ def test_keys_are_required_and_roles_enforced(served):
         response = anonymous.request(method, path, content=b"{not json")
         assert response.status_code == 401, path
         assert response.json()["error"]["type"] == "authentication_error"
-    wrong = served.keys["user"][:-4] + "AAAA"
+    wrong = served.keys["inference"][:-4] + "AAAA"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{served.url}/v1", api_key=wrong, max_retries=0).models.list()
-    user = served.http("user")
+    user = served.http("inference")
     for method, path in [("GET", "/metrics"), ("GET", "/v1/admin/keys"), ("POST", "/v1/ab"), ("GET", "/v1/ab")]:
         assert user.request(method, path, json={}).status_code == 403, path
     assert served.http("admin").get("/metrics").status_code == 200
-    created = served.http("admin").post("/v1/admin/keys", json={"name": "new", "role": "user"}).json()
+    created = served.http("admin").post("/v1/admin/keys", json={"name": "new", "role": "inference"}).json()
     fresh = httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {created['key']}"})
     assert fresh.get("/v1/models").status_code == 200
     assert served.http("admin").delete(f"/v1/admin/keys/{created['id']}").status_code == 200
@@ -159,7 +159,7 @@ def test_keys_are_required_and_roles_enforced(served):
 
 
 def test_bad_requests_get_openai_errors_never_500(served):
-    user = served.http("user")
+    user = served.http("inference")
     long_prompt = "the movie was great " * 200
     cases = [
         (b"{not json", 400, None),
@@ -191,7 +191,7 @@ def test_feedback_is_stored_with_the_response_and_a_salted_user_hash(served):
     stored = client.post("/feedback", cast_to=object, body={"response_id": answer.id, "rating": "up",
                                                              "corrected": "positive", "comment": "good"})
     assert stored["response_id"] == answer.id
-    other = served.client("user2")
+    other = served.client("inference2")
     with pytest.raises(openai.NotFoundError):
         other.post("/feedback", cast_to=object, body={"response_id": answer.id, "rating": "down"})
     with pytest.raises(openai.BadRequestError):
@@ -244,7 +244,7 @@ def test_flood_on_a_small_queue_gets_429_and_the_server_stays_up(tiny_model_dir)
 
 
 def test_client_gone_mid_stream_frees_its_row(served):
-    user = served.http("user")
+    user = served.http("inference")
     body = {"model": "a", "messages": MESSAGES, "max_tokens": 250, "stream": True, "temperature": 0}
     with user.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()

@@ -13,6 +13,7 @@ from tunelab.data.mixing import count_by_source, mix_sources
 from tunelab.data.records import Record, Rejected
 from tunelab.data.split import content_hash, drop_augmented, drop_copies_of, split_records
 from tunelab.errors import DataError
+from tunelab.security.files import sealed_writer
 
 
 @dataclass
@@ -88,6 +89,6 @@ def _load_mixed(config: DataConfig, seed: int) -> Splits:
 def write_quarantine(rejected: list[Rejected], path: Path) -> None:
     if not rejected:
         return
-    with path.open("w", encoding="utf-8") as f:
+    with sealed_writer(path, text=True) as f:
         for row in rejected:
             f.write(json.dumps(row.to_json(), ensure_ascii=False) + "\n")

@@ -30,7 +30,7 @@ from html.parser import HTMLParser
 
 from tunelab.data.records import Record
 from tunelab.errors import TunelabError
-from tunelab.model_files import resolve_model
+from tunelab.model_files import resolve_model, tokenizer_options
 
 LANGUAGE_MIN_LETTERS = 40  # below this many letters langid's guess is not trusted
 LANGUAGE_MIN_PROBABILITY = 0.9  # a row goes only when another language is at least this likely
@@ -194,7 +194,7 @@ def _load_tokenizer(model: str):
 
     folder = resolve_model(model)
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(folder, **tokenizer_options(folder))
     except (OSError, ValueError) as error:
         raise TunelabError(f"cannot load a tokenizer for {model!r} from {folder}: {error}") from None
 

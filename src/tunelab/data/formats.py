@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tunelab.data.records import Record, Rejected
 from tunelab.errors import DataError, TunelabError
+from tunelab.security.crypto import is_encrypted_file
+from tunelab.security.files import open_readable, read_bytes
 
 SHAPES = ("prompt_completion", "alpaca", "messages", "sharegpt", "text", "text_label")
 EXTENSIONS = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".txt")
@@ -187,8 +189,13 @@ def _text_encoding(path: Path, encoding: str | None) -> str:
         except LookupError:
             raise DataError(path, f'unknown encoding "{encoding}"') from None
         return "utf-8-sig" if name == "utf-8" else name
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    try:
+        with open_readable(path, "rb") as f:
+            head = f.read(4096)
+    except DataError:
+        raise
+    except TunelabError as error:  # encrypted: without its key, or damaged
+        raise _sealed_error(str(path), error) from None
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
     if head.count(0) > len(head) // 4:  # ASCII in UTF-16 is every other byte NUL
@@ -218,8 +225,16 @@ def _records(
         raise _decode_error(source, encoding, error) from None
     except OSError as error:
         raise DataError(source, f"cannot read: {error.strerror or error}") from None
+    except DataError:
+        raise
+    except TunelabError as error:  # encrypted: without its key, or damaged
+        raise _sealed_error(source, error) from None
     if count == 0:
         raise DataError(source, "has no rows")
+
+
+def _sealed_error(source: str, error: TunelabError) -> DataError:
+    return DataError(source, str(error).removeprefix(f"{source}: "))
 
 
 def _decode_error(source: str, encoding: str | None, error: UnicodeDecodeError) -> DataError:
@@ -238,7 +253,7 @@ def _invalid_utf8_position(path: str) -> tuple[int, int]:
     over fixed-size chunks so a huge file is never held in memory."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, line = 0, 1
-    with open(path, "rb") as f:
+    with open_readable(path, "rb") as f:
         while chunk := f.read(1 << 20):
             pending = decoder.getstate()[0]
             try:
@@ -256,7 +271,7 @@ def _invalid_utf8_position(path: str) -> tuple[int, int]:
 
 def _jsonl_rows(path: Path, encoding: str) -> Iterator[RawRow]:
     # Lines end at "\n" only (JSON Lines): a stray "\r" is JSON whitespace, not a line break.
-    with open(path, encoding=encoding, newline="\n") as f:
+    with open_readable(path, "r", encoding=encoding, newline="\n") as f:
         for number, line in enumerate(f, 1):
             if line.isspace():
                 continue
@@ -287,7 +302,7 @@ def _object_or_reason(value) -> dict | str:
 
 
 def _json_rows(path: Path, encoding: str) -> Iterator[RawRow]:
-    with open(path, encoding=encoding) as f:
+    with open_readable(path, "r", encoding=encoding) as f:
         text = f.read()
     start = _skip_whitespace(text, 0)
     if start == len(text):
@@ -372,7 +387,7 @@ def _skip_whitespace(text: str, pos: int) -> int:
 
 def _csv_rows(path: Path, encoding: str, delimiter: str) -> Iterator[RawRow]:
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    with open(path, encoding=encoding, newline="") as f:
+    with open_readable(path, "r", encoding=encoding, newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = [name.strip() for name in next((cells for cells in reader if cells), [])]
@@ -410,7 +425,8 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
 
     try:
         line = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        source = io.BytesIO(read_bytes(path)) if is_encrypted_file(path) else path  # Parquet seeks: decrypt whole
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
                 line += 1
                 yield line, None, row
@@ -424,7 +440,7 @@ def _parquet_rows(path: Path) -> Iterator[RawRow]:
 
 def _txt_rows(path: Path, encoding: str) -> Iterator[RawRow]:
     """One document per block of lines separated by blank lines."""
-    with open(path, encoding=encoding) as f:
+    with open_readable(path, "r", encoding=encoding) as f:
         block: list[str] = []
         start = 0
         for number, line in enumerate(f, 1):

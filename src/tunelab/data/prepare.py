@@ -37,6 +37,7 @@ from tunelab.data.split import content_hash, split_records
 from tunelab.data.timing import StageClock, format_timings
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
+from tunelab.security import files as sealed
 
 __all__ = ["format_summary", "format_timings", "normalize_text", "prepare_data", "read_timings", "reason_category"]
 
@@ -123,7 +124,7 @@ def prepare_data(
                 rows.close()
         finally:
             quarantine.close()
-    atomic_write_json(out / "summary.json", summary)
+    sealed.write_json(out / "summary.json", summary)  # quotes near-duplicate examples
     with clock.stage("report", summary["rows_kept"]):
         write_data_report(out, summary)
     atomic_write_json(out / TIMINGS_FILE, {"workers": settings.workers, **clock.report()})
@@ -169,7 +170,7 @@ def _place_rows(rows: ScannedRows, quarantine: Quarantine, out: Path, clock: Sta
         unique = _drop_exact_duplicates(rows, quarantine)
     clusters: list[dict] = []
     near_duplicates = leaks_removed = 0
-    if near_dup_threshold is not None:
+    if near_dup_threshold is not None and rows.content is not None:  # None: the filters kept no row at all
         with clock.stage("near_dedup", len(unique)):
             unique, clusters, near_duplicates = _drop_near_duplicates(rows, unique, quarantine, near_dup_threshold)
     with clock.stage("split", len(unique)):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tunelab.io import atomic_write_bytes, atomic_write_text
+from tunelab.io import atomic_write_bytes
+from tunelab.security.files import open_readable, write_text
 from tunelab.tables import cell, escape, markdown_table
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -72,7 +73,7 @@ def write_data_report(out_dir, summary: dict, tokenizer=None) -> Path:
         (out / stale).unlink(missing_ok=True)
     report_path = out / "report.md"
     text = "\n\n".join("\n\n".join([heading, *body]) for heading, body in sections) + "\n"
-    atomic_write_text(report_path, text)
+    write_text(report_path, text)  # quotes example rows: encrypted when a key is set
     return report_path
 
 
@@ -95,7 +96,7 @@ def _read_splits(out: Path, count) -> tuple[dict[str, array], dict[str, list[Exa
         path = out / f"{split}.jsonl"
         if not path.exists():
             continue
-        with open(path, encoding="utf-8", newline="\n") as f:  # rows end at "\n" only
+        with open_readable(path, "r", newline="\n") as f:  # rows end at "\n" only
             for line, raw in enumerate(f, 1):
                 row = json.loads(raw)
                 messages = row.get("messages")

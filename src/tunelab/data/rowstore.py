@@ -10,7 +10,10 @@ import os
 from array import array
 from pathlib import Path
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from tunelab.io import atomic_writer
+from tunelab.security.files import encryption_on, sealed_writer
 
 _WRITE_BUFFER = 1 << 20
 
@@ -20,6 +23,9 @@ class RowStore:
 
     def __init__(self, path: str | Path):
         self._file = open(path, "w+b", buffering=_WRITE_BUFFER)  # noqa: SIM115 - closed in close()
+        # With a master key set, rows are sealed under a key that lives only in this process's memory: the
+        # spool is scratch, so nothing needs to read it after us, and no plaintext row touches the disk.
+        self._cipher = AESGCM(AESGCM.generate_key(256)) if encryption_on() else None
         self._offsets = array("q", [0])
         self._unflushed = False
 
@@ -29,6 +35,8 @@ class RowStore:
     def append(self, text: str) -> int:
         """Store ``text``; returns its row number."""
         data = text.encode("utf-8")
+        if self._cipher is not None:
+            data = self._cipher.encrypt(len(self._offsets).to_bytes(12, "big"), data, None)
         self._file.write(data)
         self._offsets.append(self._offsets[-1] + len(data))
         self._unflushed = True
@@ -39,12 +47,18 @@ class RowStore:
             self._file.flush()
             self._unflushed = False
         start = self._offsets[row]
-        return os.pread(self._file.fileno(), self._offsets[row + 1] - start, start).decode("utf-8")
+        data = os.pread(self._file.fileno(), self._offsets[row + 1] - start, start)
+        if self._cipher is not None:
+            data = self._cipher.decrypt((row + 1).to_bytes(12, "big"), data, None)
+        return data.decode("utf-8")
 
     def close(self) -> None:
         self._file.close()
 
 
 def atomic_text_writer(path: str | Path):
-    """A UTF-8 text file to write in pieces, moved into place only once complete (see tunelab.io)."""
+    """A UTF-8 text file to write in pieces, moved into place only once complete (see tunelab.io), and encrypted
+    when a master key is set."""
+    if encryption_on():
+        return sealed_writer(path, text=True)
     return atomic_writer(path, "w", encoding="utf-8", newline="", buffering=_WRITE_BUFFER)

@@ -26,11 +26,12 @@ from tunelab.eval.suite import EvalTask, build_eval_task, causal_lm_arm, evaluat
 from tunelab.inference.classifier import encode
 from tunelab.inference.scoring import choice_probabilities
 from tunelab.inference.seq2seq import generate_targets, score_targets
-from tunelab.io import atomic_write_json, atomic_write_jsonl
+from tunelab.io import atomic_write_json
 from tunelab.modeling.precision import autocast_like
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.load import LoadedModel, load_model
 from tunelab.runs.report import comparison_table
+from tunelab.security import files as sealed
 
 
 def evaluate_cli(models: str | list[str], data: str, out: str | None, max_examples: int | None,
@@ -52,7 +53,7 @@ def evaluate_cli(models: str | list[str], data: str, out: str | None, max_exampl
     metrics["data"] = {"file": data, "examples": len(records), "quarantined": len(rejected)}
     out_dir = output_folder(models, data, out, ensemble)
     atomic_write_json(out_dir / "metrics.json", metrics)
-    atomic_write_jsonl(out_dir / "predictions.jsonl", prediction_rows(task, arms))
+    sealed.write_jsonl(out_dir / "predictions.jsonl", prediction_rows(task, arms))
     print(comparison_table(metrics, arms=list(arms)) if ensemble else comparison_table(metrics))
     print(f"wrote {out_dir / 'metrics.json'} and predictions.jsonl")
     return metrics

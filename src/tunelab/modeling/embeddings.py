@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
-from tunelab.model_files import resolve_model
+from tunelab.model_files import resolve_model, tokenizer_options, weights_options
 
 DEFAULT_ENCODER = "minilm-l6"
 
@@ -25,8 +25,8 @@ class SentenceEncoder:
     def __init__(self, model: str = DEFAULT_ENCODER):
         folder = resolve_model(model)
         self.name = model
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, **tokenizer_options(folder))
+        self.model = AutoModel.from_pretrained(folder, **weights_options(folder)).eval()
         self.max_length = _max_seq_length(folder, self.tokenizer)
 
     @torch.no_grad()

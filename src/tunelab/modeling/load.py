@@ -22,15 +22,16 @@ from transformers import (
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.model_files import resolve_model
+from tunelab.model_files import config_options, resolve_model, tokenizer_options
 from tunelab.modeling.methods import quantization_config
 from tunelab.modeling.precision import pick_dtype
+from tunelab.modeling.sealed_weights import from_pretrained
 from tunelab.modeling.student import keep_evenly_spaced_blocks
 
 
 def load_tokenizer(folder: str | Path):
     """A model's tokenizer, with its end token as padding when it has no pad token of its own."""
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **tokenizer_options(folder))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -50,29 +51,30 @@ def load_causal_lm(config: RunConfig, dtype: torch.dtype | None = None, quantize
     quantization = quantization_config(config) if quantize else None  # 4-bit for qlora, else None
     model_dir = resolve_model(config.model)
     tokenizer = load_tokenizer(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=frozen_dtype(config, dtype),
-                                                 attn_implementation="sdpa", quantization_config=quantization)
+    model = from_pretrained(AutoModelForCausalLM, model_dir, dtype=frozen_dtype(config, dtype),
+                            attn_implementation="sdpa", quantization_config=quantization)
     if config.task == "distill" and config.distill.student_layers:
         model = keep_evenly_spaced_blocks(model, config.distill.student_layers, config.model)
     return tokenizer, model
 
 
 def is_encoder_decoder(name: str) -> bool:
-    return bool(getattr(AutoConfig.from_pretrained(resolve_model(name)), "is_encoder_decoder", False))
+    folder = resolve_model(name)
+    return bool(getattr(AutoConfig.from_pretrained(folder, **config_options(folder)), "is_encoder_decoder", False))
 
 
 def load_seq2seq(config: RunConfig, dtype: torch.dtype | None = None, quantize: bool = True):
     """Tokenizer and encoder-decoder model (4-bit for qlora); a decoder-only model is refused in one line."""
     quantization = quantization_config(config) if quantize else None
     model_dir = resolve_model(config.model)
-    model_config = AutoConfig.from_pretrained(model_dir)
+    model_config = AutoConfig.from_pretrained(model_dir, **config_options(model_dir))
     if not getattr(model_config, "is_encoder_decoder", False):
         raise TunelabError(f"task: seq2seq needs an encoder-decoder model (T5, BART, ...); {config.model} is a "
                            f"decoder-only {model_config.model_type} model; use task: sft")
     tokenizer = load_tokenizer(model_dir)
     try:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, quantization_config=quantization,
-                                                      dtype=frozen_dtype(config, dtype))
+        model = from_pretrained(AutoModelForSeq2SeqLM, model_dir, quantization_config=quantization,
+                                dtype=frozen_dtype(config, dtype))
     except ValueError as exc:
         raise TunelabError(f"{config.model} ({model_config.model_type}) has no text-to-text model class; "
                            f"task: seq2seq needs a text encoder-decoder such as T5 or BART ({exc})") from None
@@ -84,8 +86,8 @@ def load_classifier(config: RunConfig, labels: list[str]):
     model_dir = resolve_model(config.model)
     tokenizer = load_tokenizer(model_dir)
     # Decoder heads read the last non-pad token, so the model config must know the pad id.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+    model = from_pretrained(
+        AutoModelForSequenceClassification, model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id,
         dtype=frozen_dtype(config, None))
     if config.distill.student_layers:  # a smaller student, with or without its teacher

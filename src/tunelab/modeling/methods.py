@@ -13,7 +13,6 @@ import torch
 from peft import (
     IA3Config,
     PeftConfig,
-    PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
     get_peft_model,
@@ -25,6 +24,7 @@ from transformers import BitsAndBytesConfig
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.modeling.precision import pick_dtype
+from tunelab.modeling.sealed_weights import attach_adapter
 
 LORA_METHODS = ("lora", "dora", "rslora", "qlora")
 WHOLE_MODEL_METHODS = ("full", "freeze")  # saved as a model folder, not an adapter
@@ -66,8 +66,9 @@ def apply_method(model: torch.nn.Module, config: RunConfig, task_type: str = "CA
 
 
 def load_adapter(base: torch.nn.Module, folder) -> torch.nn.Module:
-    """A saved adapter on its base (peft's forward; ``prepare_for_inference`` adds tunelab's)."""
-    return PeftModel.from_pretrained(base, folder)
+    """A saved adapter on its base (peft's forward; ``prepare_for_inference`` adds tunelab's); only from
+    adapter_model.safetensors (peft would unpickle adapter_model.bin), decrypted in memory when it is encrypted."""
+    return attach_adapter(base, folder)
 
 
 def unwrap(model):

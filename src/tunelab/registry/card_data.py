@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 from tunelab.data.formats import read_records
 from tunelab.data.mixing import SOURCE_KEY
 from tunelab.data.split import row_hash
-from tunelab.io import atomic_write_text
 from tunelab.registry.cards import CardData, MetricRow, SliceRow, render_card
 from tunelab.registry.compare import flatten
 from tunelab.registry.ingest import base_key, item_of, tuned_key
@@ -24,6 +23,7 @@ from tunelab.registry.queries import is_right, items_of, latest_evaluation
 from tunelab.registry.schema import DatasetRow, Model, ModelVersion, Run
 from tunelab.registry.stats import mcnemar_exact, mean_interval, paired_bootstrap, proportion_interval
 from tunelab.runs.folder import RunFolder
+from tunelab.security import files as sealed
 
 CARD_FILE = "MODEL_CARD.md"
 EMBEDDED_LICENSES = {"smollm2-135m": "apache-2.0", "minilm-l6": "apache-2.0"}
@@ -67,7 +67,7 @@ def write_card(session: Session, version: ModelVersion) -> Path:
     version.card = text
     path = Path(version.artifact_path).parent / CARD_FILE
     if path.parent.is_dir():
-        atomic_write_text(path, text)
+        sealed.write_text(path, text)  # it quotes held-out rows: encrypted when a key is set
     return path
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 
 from tunelab.errors import TunelabError
+from tunelab.registry.audit_trail import record
 from tunelab.registry.card_data import write_card
 from tunelab.registry.compare import compare_runs
 from tunelab.registry.db import open_registry
@@ -143,6 +144,8 @@ def models_register(url: str | None, run_ref: str, name: str, tags: dict, as_jso
         result = {"name": name, "version": version.version, "created": created, "run": run.name,
                   "run_id": run.id, "artifact": version.artifact_path, "artifact_sha256": version.artifact_sha256,
                   "card": str(card)}
+    record("models.register", registry=registry, model=name, version=result["version"], run=result["run_id"],
+           artifact_sha256=result["artifact_sha256"], created=created)
     text = (f"registered {name} v{result['version']} from run {result['run']} ({result['run_id']})"
             if created else f"run {result['run']} already is {name} v{result['version']}")
     emit(result, f"{text}\n  weights {result['artifact']} (sha256 {result['artifact_sha256'][:12]})\n"
@@ -194,6 +197,7 @@ def models_promote(url: str | None, name: str, version: int, alias: str, gate: s
                    eval_set: str | None, force: bool, reason: str | None, as_json: bool, metric: str | None = None,
                    ) -> None:
     registry = open_registry(url)
+    result = {}
     try:
         result = promote(registry, name, version, alias, gate, margin, eval_set, force, reason, metric)
     finally:
@@ -201,6 +205,9 @@ def models_promote(url: str | None, name: str, version: int, alias: str, gate: s
             _refresh_card(registry, name, version)
         except TunelabError:
             pass  # no such model or version: promote's own error says so
+        outcome = ("forced" if result.get("forced") else "promoted") if result else "not promoted"
+        record("models.promote", registry=registry, checkpoint=True, model=name, version=version, alias=alias,
+               gate=gate, outcome=outcome, eval_set=(result.get("gate") or {}).get("eval_set"))
     verb = "promoted (forced)" if result.get("forced") else "promoted"
     emit(result, f"{verb}: {name}@{alias} -> v{version}\n{result['message']}", as_json)
 
@@ -218,6 +225,8 @@ def models_rollback(url: str | None, name: str, alias: str, as_json: bool) -> No
         came_from, target = rollback(session, name, alias)
         result = {"name": name, "alias": alias, "from": came_from.version, "to": target.version,
                   "time": datetime.now(timezone.utc).isoformat()}
+    record("models.rollback", registry=registry, checkpoint=True, model=name, alias=alias,
+           from_version=result["from"], to_version=result["to"])
     emit(result, f"rolled back {name}@{alias}: v{result['from']} -> v{result['to']}", as_json)
 
 
@@ -276,6 +285,7 @@ def keys_create(url: str | None, name: str, role: str, as_json: bool) -> None:
     with registry.session() as session:
         row, key = create_key(session, name, role)
         result = {"id": row.id, "name": row.name, "role": row.role, "key": key}
+    record("keys.create", registry=registry, key=row.id, role=row.role)
     emit(result, f"{key}\n(key {row.id} for {row.name}, role {row.role}: shown once and stored only as a hash; "
                  f"keep it in a secret store)", as_json)
 
@@ -287,7 +297,7 @@ def keys_list(url: str | None, as_json: bool) -> None:
     rows = [[k["id"], k["name"], k["role"], k["created"][:19], (k["last_used"] or "-")[:19],
              f"revoked {k['revoked'][:19]}" if k["revoked"] else "live"] for k in keys]
     emit(keys, text_table(["id", "name", "role", "created", "last used", "state"], rows) if keys
-         else "no API keys yet (tunelab keys create --name NAME --role user|admin)", as_json)
+         else "no API keys yet (tunelab keys create --name NAME [--role inference|viewer|trainer|admin])", as_json)
 
 
 def keys_revoke(url: str | None, key_id: str, as_json: bool) -> None:
@@ -295,6 +305,7 @@ def keys_revoke(url: str | None, key_id: str, as_json: bool) -> None:
     with registry.session() as session:
         row = revoke_key(session, key_id)
         result = {"id": row.id, "name": row.name, "revoked": row.revoked.isoformat()}
+    record("keys.revoke", registry=registry, key=row.id)
     emit(result, f"revoked key {result['id']} ({result['name']})", as_json)
 
 

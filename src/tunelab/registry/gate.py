@@ -79,6 +79,9 @@ def promote(registry: Registry, name: str, version: int, alias: str = "productio
         holder_version = _holder(session, model.id, alias)
         if holder_version is not None and holder_version.id == challenger_version.id:
             raise TunelabError(f"{name}@{alias} already is version {version}")
+        if challenger_version.tainted:
+            raise TunelabError(f"{name}@{version} is tainted: it learned from rows that erasure "
+                               f"{challenger_version.tainted} removed; retrain it without them before promoting")
         challenger = _tuned_side(session, f"{name} v{version}", challenger_version)
         holder = (_tuned_side(session, f"{name} v{holder_version.version} ({alias})", holder_version)
                   if holder_version else _base_side(challenger))

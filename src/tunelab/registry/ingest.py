@@ -29,6 +29,7 @@ from tunelab.registry.environment import git_commit, hardware, package_versions
 from tunelab.registry.schema import (Artifact, Dataset, DatasetRow, DatasetVersion, EvalItem, Evaluation, MetricPoint,
                                      Run)
 from tunelab.runs.folder import RunFolder, process_alive
+from tunelab.security import files as sealed
 
 SPLITS = ("train", "val", "test")
 ARMS = ("base", "tuned")
@@ -53,7 +54,7 @@ def record_prepared(registry: Registry, folder: str | Path, name: str | None = N
     """Record a ``tunelab data prepare`` output folder as a version of dataset ``name`` (default: the folder's
     name): its row counts, settings, data report and per-row manifest."""
     folder = Path(folder)
-    summary = read_json(folder / "summary.json")
+    summary = sealed.read_json(folder / "summary.json")
     if summary is None:
         raise TunelabError(f"{folder} has no summary.json; pass a folder written by tunelab data prepare")
     manifest = prepared_manifest(folder)
@@ -296,7 +297,7 @@ def headline(metrics: dict) -> dict:
 def ingest_eval_output(registry: Registry, out_dir: str | Path, model: str, data: str) -> list[int]:
     """Record a ``tunelab eval`` output folder (metrics.json, predictions.jsonl) of a run or a plain model."""
     out_dir = Path(out_dir)
-    rows = read_jsonl(out_dir / "predictions.jsonl")
+    rows = sealed.read_jsonl(out_dir / "predictions.jsonl")
     metrics = read_json(out_dir / "metrics.json") or {}
     if not rows:
         return []

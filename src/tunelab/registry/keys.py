@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunelab.errors import TunelabError
-from tunelab.paths import tunelab_home
+from tunelab.errors import NotFoundError, TunelabError
 from tunelab.registry.schema import ApiKey
+from tunelab.security.secrets import local_secret
+from tunelab.security.roles import DEFAULT_ROLE, role_named
 
-ROLES = ("admin", "user")  # admin manages adapters, keys and A/B tests; user calls models
 PEPPER_VARIABLE = "TUNELAB_KEY_PEPPER"
 PEPPER_FILE = "api_key_pepper"
 KEY_PATTERN = re.compile(r"^tl-([0-9a-f]{12})-([A-Za-z0-9_-]{43})$")
@@ -36,50 +33,19 @@ def pepper() -> bytes:
 
 
 def secret(variable: str, filename: str) -> bytes:
-    """``$variable`` if set, else the file ``$TUNELAB_HOME/filename``: 32 random bytes (hex) made on first use,
-    owner-only, refused when others can read it."""
-    configured = os.environ.get(variable)
-    if configured:
-        return configured.encode()
-    path = tunelab_home() / filename
-    if not path.exists():
-        create_once(path, secrets.token_hex(32))
-    check_private(path)
-    return path.read_text(encoding="utf-8").strip().encode()
-
-
-def create_once(path: Path, text: str) -> None:
-    """Write ``path`` (mode 0600) unless it exists; of two processes creating it at once, the first to
-    finish wins and the other reads the winner's, so nothing is ever hashed under a secret that is lost
-    (the key pepper here, the user salt in serving.py)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # fails when another process made it first
-    except FileExistsError:
-        pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def check_private(path: Path) -> None:
-    """Refuse a secret file that other users can read: a readable secret makes its hashes guessable."""
-    if path.stat().st_mode & 0o077:
-        raise TunelabError(f"{path} can be read by other users; run: chmod 600 {path}")
+    """``$variable`` if set, else the file ``$TUNELAB_HOME/filename`` (see ``security.secrets``: made on first
+    use, owner-only, sealed under the master key when one is set)."""
+    return local_secret(filename, variable)
 
 
 def digest(key: str) -> str:
     return hmac.new(pepper(), key.encode(), hashlib.sha256).hexdigest()
 
 
-def create_key(session: Session, name: str, role: str = "user") -> tuple[ApiKey, str]:
-    """A new key; returns its row and the key itself, which is never stored and cannot be shown again."""
-    if role not in ROLES:
-        raise TunelabError(f"role {role!r}: use one of {', '.join(ROLES)}")
+def create_key(session: Session, name: str, role: str | None = DEFAULT_ROLE) -> tuple[ApiKey, str]:
+    """A new key; returns its row and the key itself, which is never stored and cannot be shown again.
+    ``role`` None is the default role; the old name ``user`` is stored as ``inference``."""
+    role = role_named(DEFAULT_ROLE if role is None else role)
     if not name.strip():
         raise TunelabError("a key needs a name (who or what uses it)")
     key_id = secrets.token_hex(6)
@@ -108,7 +74,7 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     key_id = key_id.removeprefix("tl-").split("-")[0]
     row = session.get(ApiKey, key_id)
     if row is None:
-        raise TunelabError(f"no key {key_id!r} (see tunelab keys list)")
+        raise NotFoundError(f"no key {key_id!r} (see tunelab keys list)")
     if row.revoked is None:
         row.revoked = datetime.now(timezone.utc)
     return row

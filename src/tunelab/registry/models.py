@@ -13,7 +13,7 @@ import re
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tunelab.errors import TunelabError
+from tunelab.errors import NotFoundError, TunelabError
 from tunelab.registry.db import get_or_create
 from tunelab.registry.ingest import effective_status, headline
 from tunelab.registry.queries import find_run
@@ -41,7 +41,7 @@ def get_model(session: Session, name: str) -> Model:
     if model is None:
         known = session.scalars(select(Model.name).order_by(Model.name)).all()
         hint = f"; registered models: {', '.join(known)}" if known else "; register one with tunelab models register"
-        raise TunelabError(f"no model named {name!r}{hint}")
+        raise NotFoundError(f"no model named {name!r}{hint}")
     return model
 
 
@@ -53,13 +53,13 @@ def resolve(session: Session, ref: str) -> tuple[Model, ModelVersion]:
         version = session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)
                                   .order_by(ModelVersion.version.desc())).first()
         if version is None:
-            raise TunelabError(f"model {name!r} has no versions yet")
+            raise NotFoundError(f"model {name!r} has no versions yet")
         return model, version
     if pointer.isdigit():
         return model, get_version(session, model, int(pointer))
     alias = session.get(Alias, (model.id, pointer))
     if alias is None:
-        raise TunelabError(f"model {name!r} has no alias {pointer!r}; its aliases: "
+        raise NotFoundError(f"model {name!r} has no alias {pointer!r}; its aliases: "
                            f"{', '.join(aliases_of(session, model)) or 'none'}")
     return model, session.get(ModelVersion, alias.version_id)
 
@@ -68,7 +68,7 @@ def get_version(session: Session, model: Model, number: int) -> ModelVersion:
     version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model.id,
                                                         ModelVersion.version == number))
     if version is None:
-        raise TunelabError(f"model {model.name!r} has no version {number}")
+        raise NotFoundError(f"model {model.name!r} has no version {number}")
     return version
 
 

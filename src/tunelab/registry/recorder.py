@@ -15,9 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sqlalchemy import select
+
 from tunelab.errors import TunelabError
+from tunelab.registry.audit_trail import record, run_objects
 from tunelab.registry.db import Registry, open_registry
 from tunelab.registry.ingest import ingest_eval_output, ingest_run, record_prepared
+from tunelab.registry.schema import Evaluation
 from tunelab.runs.folder import RunFolder
 
 SYNC_SECONDS = 2.0
@@ -47,9 +51,13 @@ def safely(action: Callable[[], object]) -> object | None:
 @contextmanager
 def recording(run_dir: str | Path, sweep: str | None = None, url: str | None = None,
               every: float = SYNC_SECONDS) -> Iterator[None]:
+    record("train.start", registry=url, run_name=Path(run_dir).name, sweep=sweep)
     registry = try_open(url)
     if registry is None:
-        yield
+        try:
+            yield
+        finally:
+            record_finish(None, run_dir, sweep, url)
         return
     folder = RunFolder(run_dir)
     started_before = folder.status_path.stat().st_mtime if folder.status_path.exists() else None
@@ -75,26 +83,50 @@ def recording(run_dir: str | Path, sweep: str | None = None, url: str | None = N
             run_id = safely(lambda: ingest_run(registry, run_dir, sweep, final=True))
             if run_id:
                 print(f"registry: recorded run {folder.path.name} as {run_id}", flush=True)
+            record_finish(registry, run_dir, sweep, url)
+        else:  # refused before it wrote anything (the folder exists, a config error)
+            record("train.finish", registry=registry, run_name=folder.path.name, sweep=sweep, status="not started")
         registry.close()
+
+
+def record_finish(registry: Registry | None, run_dir: str | Path, sweep: str | None, url: str | None) -> None:
+    """The audit entry of a training call's end, after its status and registry record are written."""
+    objects = (safely(lambda: run_objects(registry, run_dir)) if registry is not None else None) or {}
+    objects.setdefault("run_name", Path(run_dir).name)
+    objects.setdefault("status", safely(lambda: RunFolder(run_dir).status().status))
+    record("train.finish", registry=registry or url, sweep=sweep, **objects)
 
 
 def record_prepared_folder(folder: str | Path, url: str | None = None) -> None:
     """Record a ``tunelab data prepare`` output as a dataset version (a warning if that fails)."""
     registry = try_open(url)
-    if registry is None:
-        return
-    version = safely(lambda: record_prepared(registry, folder))
+    version = safely(lambda: record_prepared(registry, folder)) if registry is not None else None
     if version is not None:
         print(f"registry: recorded dataset {Path(folder).resolve().name} v{version.version} "
               f"({version.content_hash[:12]})", flush=True)
-    registry.close()
+    record("data.prepare", registry=registry or url, dataset=Path(folder).resolve().name,
+           dataset_version=version.id if version else None, version=version.version if version else None,
+           data_hash=version.content_hash if version else None)
+    if registry is not None:
+        registry.close()
 
 
 def record_eval(out_dir: str | Path, model: str, data: str, url: str | None = None) -> None:
     """Record a ``tunelab eval`` output with its per-item results (a warning if that fails)."""
     registry = try_open(url)
-    if registry is None:
-        return
-    if safely(lambda: ingest_eval_output(registry, out_dir, model, data)):
+    ids = safely(lambda: ingest_eval_output(registry, out_dir, model, data)) if registry is not None else None
+    if ids:
         print(f"registry: recorded the evaluation of {model} on {data}", flush=True)
-    registry.close()
+    stored = safely(lambda: evaluations_of(registry, ids)) if ids else None
+    record("eval", registry=registry or url, model=Path(model).name if Path(model).exists() else model,
+           evaluations=ids or None, **(stored or {}))
+    if registry is not None:
+        registry.close()
+
+
+def evaluations_of(registry: Registry, ids: list[int]) -> dict:
+    """The model keys (run:<id> or base:<model>) and eval set hashes of stored evaluations, for the audit log."""
+    with registry.session() as session:
+        rows = session.execute(select(Evaluation.model_key, Evaluation.eval_set_hash)
+                               .where(Evaluation.id.in_(ids))).all()
+    return {"model_keys": sorted({key for key, _ in rows}), "eval_set": sorted({h for _, h in rows})}

@@ -4,7 +4,8 @@ that the migrations and these models agree.
 The run folder stays the source of artifacts: the registry indexes runs, their metric series,
 artifact checksums, datasets with per-row hashes, evaluations with per-item results, and named models
 with versions and aliases. It never copies weights. The server adds what it answered, the feedback on
-those answers, and its A/B tests.
+those answers, and its A/B tests. Columns typed Sealed* hold user content and are encrypted when a master
+key is set (``sealed.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tunelab.registry.sealed import SealedJSON, SealedText
 
 
 def now() -> datetime:
@@ -48,6 +51,7 @@ class DatasetVersion(Base):
     settings: Mapped[dict | None] = mapped_column(JSON)  # the prepare settings, or the run's data section
     report: Mapped[dict | None] = mapped_column(JSON)  # the data report summary
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    erased: Mapped[str | None] = mapped_column(String(32))  # the erasure that removed rows from this content
 
 
 class DatasetRow(Base):
@@ -87,6 +91,7 @@ class Run(Base):
     sweep: Mapped[str | None] = mapped_column(String(200))  # the sweep a trial belongs to
     dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    tainted: Mapped[str | None] = mapped_column(String(32))  # the erasure whose rows it trained or evaluated on
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
 
 
@@ -131,7 +136,7 @@ class EvalItem(Base):
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_hash: Mapped[str] = mapped_column(String(64), index=True)
-    prediction: Mapped[str | None] = mapped_column(Text)
+    prediction: Mapped[str | None] = mapped_column(SealedText)
     correct: Mapped[bool | None] = mapped_column(Boolean)
     score: Mapped[float | None] = mapped_column(Float)  # per-item token F1 for free text
 
@@ -155,9 +160,10 @@ class ModelVersion(Base):
     artifact_path: Mapped[str] = mapped_column(Text)
     artifact_sha256: Mapped[str] = mapped_column(String(64))  # over the weights folder's files and checksums
     tags: Mapped[dict] = mapped_column(JSON, default=dict)
-    card: Mapped[str | None] = mapped_column(Text)
+    card: Mapped[str | None] = mapped_column(SealedText)  # quotes example rows
     last_gate: Mapped[dict | None] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    tainted: Mapped[str | None] = mapped_column(String(32))  # the erasure that tainted its run
 
 
 class Alias(Base):
@@ -214,8 +220,8 @@ class ServedResponse(Base):
     arm: Mapped[str | None] = mapped_column(String(200))
     key_id: Mapped[str | None] = mapped_column(String(16))
     user_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    prompt: Mapped[dict | list | str] = mapped_column(JSON)  # the messages list or the prompt string
-    response: Mapped[list] = mapped_column(JSON)  # one text per choice
+    prompt: Mapped[dict | list | str] = mapped_column(SealedJSON)  # the messages list or the prompt string
+    response: Mapped[list] = mapped_column(SealedJSON)  # one text per choice
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
@@ -231,8 +237,8 @@ class Feedback(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     rating: Mapped[str | None] = mapped_column(String(8))  # up or down
     score: Mapped[int | None] = mapped_column(Integer)  # 1 to 5
-    corrected: Mapped[str | None] = mapped_column(Text)
-    comment: Mapped[str | None] = mapped_column(Text)
+    corrected: Mapped[str | None] = mapped_column(SealedText)
+    comment: Mapped[str | None] = mapped_column(SealedText)
     key_id: Mapped[str | None] = mapped_column(String(16))
     user_hash: Mapped[str | None] = mapped_column(String(64), index=True)
 
@@ -246,3 +252,27 @@ class AbTest(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     ended: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str | None] = mapped_column(String(16))  # the admin key's id
+
+
+class AuditCheckpoint(Base):
+    """A signed (length, head hash, time) of an audit log (security/audit.py): HMAC-SHA256 under the audit key,
+    kept apart from the log so that a log cut short or rewritten no longer matches it."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_checkpoints_log", "log", "length"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # "checkpoint 3" in messages
+    log: Mapped[str] = mapped_column(String(500))  # host:path of the log file
+    length: Mapped[int] = mapped_column(Integer)  # entries covered
+    head: Mapped[str] = mapped_column(String(64))  # hash of entry length - 1
+    signed: Mapped[str] = mapped_column(String(40))  # UTC ISO time, exactly as signed
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class Erasure(Base):
+    """One ``tunelab data erase``: what was asked (as a hash), when, and its receipt (hashes and counts only)."""
+
+    __tablename__ = "erasures"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    selector: Mapped[str] = mapped_column(String(64))  # sha256 of kind:field=value
+    receipt: Mapped[dict] = mapped_column(JSON)

@@ -22,7 +22,7 @@ from scipy import stats
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from tunelab.errors import TunelabError
+from tunelab.errors import NotFoundError, TunelabError
 from tunelab.registry.keys import secret
 from tunelab.registry.schema import AbTest, Feedback, ServedResponse
 from tunelab.registry.stats import proportion_interval
@@ -218,7 +218,7 @@ def _find_test(session: Session, name: str) -> AbTest:
     row = session.get(AbTest, name)
     if row is None:
         known = session.scalars(select(AbTest.name).order_by(AbTest.name)).all()
-        raise TunelabError(f"no A/B test {name!r}; " + (f"known: {', '.join(known)}" if known else
+        raise NotFoundError(f"no A/B test {name!r}; " + (f"known: {', '.join(known)}" if known else
                                                         "none has been started yet"))
     return row
 

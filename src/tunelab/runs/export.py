@@ -27,11 +27,12 @@ from tunelab.data.templates import prompt_text, render, to_messages, with_system
 from tunelab.errors import TunelabError
 from tunelab.inference.generate import generate
 from tunelab.inference.seq2seq import generate_targets
-from tunelab.io import atomic_write_json
 from tunelab.modeling.load import load_tokenizer
 from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS, WHOLE_MODEL_METHODS
+from tunelab.modeling.sealed_weights import from_pretrained, save_pretrained
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.load import load_run
+from tunelab.security import files as sealed
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Largest allowed log-prob difference between the adapter model (fp32) and the exported model.
@@ -95,7 +96,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "fp32", max_di
     check = compare(reference, snapshot(merged, tokenizer, prompts, source_length), prompts, max_diff)
     check = {"run": str(run_dir), "method": config.method, "dtype": dtype} | check
     if not check["passed"]:
-        atomic_write_json(run_dir / "export_check.json", check)
+        sealed.write_json(run_dir / "export_check.json", check)  # quotes golden prompts
         raise TunelabError(refusal_message(check, run_dir / "export_check.json"))
     set_generation_eos(merged, tokenizer)
     write_model_folder(merged, tokenizer, check, out)
@@ -251,9 +252,9 @@ def write_model_folder(model, tokenizer, check: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-", dir=out.parent))
     try:
-        model.save_pretrained(staging)  # safetensors
+        save_pretrained(model, staging)  # safetensors, encrypted when a master key is set
         tokenizer.save_pretrained(staging)  # with the chat template
-        atomic_write_json(staging / "export_check.json", check)
+        sealed.write_json(staging / "export_check.json", check)
         os.replace(staging, out)  # replaces an empty `out`; a non-empty one was refused up front
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -263,7 +264,7 @@ def export_whole_model(run_dir: Path, config: RunConfig, out: Path, dtype: str) 
     """Full and freeze runs saved a whole model: re-save it in the export dtype; nothing to merge or check."""
     model_dir = RunFolder(run_dir).weights_dir
     tokenizer = load_tokenizer(model_dir)
-    model = model_class(config).from_pretrained(model_dir, dtype=EXPORT_DTYPES[dtype])
+    model = from_pretrained(model_class(config), model_dir, dtype=EXPORT_DTYPES[dtype])
     set_generation_eos(model, tokenizer)
     check = {"run": str(run_dir), "method": config.method, "dtype": dtype, "checked": False,
              "reason": f"method {config.method} saved a whole model: there is no adapter to merge, so the "

@@ -12,6 +12,10 @@ When ``llama_cpp`` is importable, the written file is loaded and the golden prom
 and through the merged model, token for token, and compared (``gguf_check.json``). Ollama needs its
 prompt template in Go template syntax: a ChatML chat template (SmolLM2's) is recognized by what it
 renders for probe conversations and translated; other templates are refused before anything is merged.
+
+With a master key set (weights encrypted at rest) ``--for gguf`` is refused: the converter reads the merged
+folder from disk and llama.cpp writes and reads a plaintext file, so the merged weights would lie on disk in
+plaintext. Export with ``--for hf`` and convert a ``tunelab decrypt`` copy where plaintext is meant to be.
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from pathlib import Path
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.io import atomic_write_text
+from tunelab.model_files import tokenizer_options, weights_options
 from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS
 from tunelab.runs.export import GOLDEN_NEW_TOKENS, GoldenPrompt, export_run, golden_prompts, snapshot
 from tunelab.runs.folder import RunFolder
+from tunelab.security import files as sealed
 
 QUANTS = ("f16", "q8_0", "bf16", "f32")
 CONVERTER = "convert_hf_to_gguf.py"
@@ -79,6 +85,11 @@ def export_for_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", ll
     run_dir, out = Path(run_dir), Path(out)
     config = RunFolder(run_dir).config()
     check_exportable(config, quant)
+    if sealed.encryption_on():  # the converter and llama.cpp read plaintext files only, and a merged folder on disk
+        raise TunelabError("--for gguf is refused while a master key is set: llama.cpp's converter needs the merged "
+                           "weights in plaintext on disk; export with --for hf (encrypted), then on the machine that "
+                           "converts it run `tunelab decrypt OUT --out PLAIN` and convert PLAIN with llama.cpp's "
+                           "convert_hf_to_gguf.py")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TunelabError(f"output folder {out} already exists; remove it or choose another --out")
     # Everything that needs no merged model is checked before the merge: the converter and the template.
@@ -98,11 +109,11 @@ def export_for_gguf(run_dir: str | Path, out: str | Path, quant: str = "f16", ll
                  "convert_seconds": round(seconds, 1), "file_bytes": gguf_file.stat().st_size}
         check |= verify(gguf_file, merged, tokenizer, golden_prompts(run_dir, config, tokenizer), quant)
         if check.get("checked") and not check["passed"]:
-            atomic_write_json(run_dir / "gguf_check.json", check)
+            sealed.write_json(run_dir / "gguf_check.json", check)  # quotes golden prompts
             raise TunelabError(gguf_refusal(check, run_dir / "gguf_check.json"))
         shutil.rmtree(merged)
         atomic_write_text(staging / "Modelfile", modelfile)
-        atomic_write_json(staging / "gguf_check.json", check)
+        sealed.write_json(staging / "gguf_check.json", check)
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -221,7 +232,7 @@ def converter_failure(output: str, script: Path) -> str:
 def _tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, **tokenizer_options(folder))
 
 
 def chatml_default_system(tokenizer) -> tuple[bool, str | None]:
@@ -325,7 +336,7 @@ def verify(gguf_file: Path, merged: Path, tokenizer, prompts: list[GoldenPrompt]
     if isinstance(answers, str):
         return unchecked(answers)
     rows, logits = answers
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, **weights_options(merged)).eval()
     reference = snapshot(model, tokenizer, prompts)
     compared = []
     for prompt, prompt_ids, row, row_logits, ref_lp, ref_out in zip(prompts, ids, rows, logits, reference.logprobs,
@@ -355,7 +366,7 @@ def llama_cpp_answers(gguf_file: Path, prompts: list[GoldenPrompt], ids: list[li
     """
     with tempfile.TemporaryDirectory(prefix="tunelab-gguf-check-") as folder:
         request = Path(folder) / "request.json"
-        atomic_write_json(request, {"gguf": str(gguf_file), "eos": eos, "new_tokens": GOLDEN_NEW_TOKENS,
+        sealed.write_json(request, {"gguf": str(gguf_file), "eos": eos, "new_tokens": GOLDEN_NEW_TOKENS,
                                     "prompts": [{"text": p.text, "ids": i} for p, i in zip(prompts, ids)]})
         done = subprocess.run([sys.executable, "-m", "tunelab.runs.export_gguf", str(request)], capture_output=True,
                               text=True, check=False)
@@ -365,7 +376,7 @@ def llama_cpp_answers(gguf_file: Path, prompts: list[GoldenPrompt], ids: list[li
             return f"llama.cpp failed running the file ({how}){': ' + lines[-1][:200] if lines else ''}"
         import numpy as np
 
-        rows = json.loads((Path(folder) / "rows.json").read_text())
+        rows = sealed.read_json(Path(folder) / "rows.json")
         return rows, list(np.load(Path(folder) / "logits.npy"))
 
 
@@ -378,7 +389,7 @@ def run_golden_prompts_in_llama_cpp(request_path: Path) -> None:
     import numpy as np
     from llama_cpp import Llama
 
-    request = json.loads(request_path.read_text())
+    request = sealed.read_json(request_path)  # it quotes golden prompts: sealed when a key is set
     _reference_kernels_only()
     longest = max(len(p["ids"]) for p in request["prompts"])
     llm = Llama(model_path=request["gguf"], n_ctx=longest + request["new_tokens"] + 8, logits_all=True,
@@ -399,7 +410,7 @@ def run_golden_prompts_in_llama_cpp(request_path: Path) -> None:
                      "new_tokens": new})
     llm.close()
     np.save(request_path.parent / "logits.npy", np.stack(logits))
-    atomic_write_json(request_path.parent / "rows.json", rows)
+    sealed.write_json(request_path.parent / "rows.json", rows)
 
 
 def _reference_kernels_only() -> None:

@@ -32,10 +32,11 @@ from tunelab.data.records import Record
 from tunelab.data.templates import to_messages, with_system_prompt
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_text
-from tunelab.model_files import EMBEDDED, resolve_model
+from tunelab.model_files import EMBEDDED, resolve_model, tokenizer_options
 from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS
 from tunelab.runs.export import FALLBACK_QUESTIONS, export_run
 from tunelab.runs.folder import RunFolder
+from tunelab.security import files as sealed
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -164,7 +165,9 @@ def write_lora_files(adapter_dir: Path, adapter_config: dict, plan: VllmPlan, st
         shutil.copytree(plan.base.folder, staging / "base")
     (staging / "adapter").mkdir()
     for name in ADAPTER_WEIGHTS:
-        if (adapter_dir / name).exists():
+        if (adapter_dir / name).exists() and sealed.encryption_on():  # sealed under the key now set, whatever it was
+            sealed.write_bytes(staging / "adapter" / name, sealed.read_bytes(adapter_dir / name))
+        elif (adapter_dir / name).exists():
             shutil.copy2(adapter_dir / name, staging / "adapter" / name)
     base_ref = plan.base.hub_id or str(final / "base")
     config = adapter_config | {"base_model_name_or_path": base_ref}
@@ -175,14 +178,14 @@ def write_serving_files(run_dir: Path, config: RunConfig, plan: VllmPlan, stagin
     """chat_template.jinja, serve_vllm.sh and USAGE.md; the chat template comes from the merged model's tokenizer."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(staging / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(staging / "merged", **tokenizer_options(staging / "merged"))
     if tokenizer.chat_template:
         atomic_write_text(staging / "chat_template.jinja", tokenizer.chat_template)
     args = serve_args(plan, HERE, chat_template=bool(tokenizer.chat_template))
     script = staging / "serve_vllm.sh"
     atomic_write_text(script, shell_script(args, config.run_name))
     script.chmod(0o755)
-    atomic_write_text(staging / "USAGE.md", usage_text(plan, args, example_messages(run_dir, config)))
+    sealed.write_text(staging / "USAGE.md", usage_text(plan, args, example_messages(run_dir, config)))  # quotes a row
 
 
 def serve_args(plan: VllmPlan, root: str, chat_template: bool = True) -> list[str]:
@@ -252,6 +255,11 @@ def usage_text(plan: VllmPlan, args: list[str], messages: list[dict]) -> str:
              "Written by `tunelab export --for vllm`. Start the server (a GPU machine with `pip install vllm`):", "",
              "```bash", "./serve_vllm.sh", "```", "", "which runs:", "", "```bash",
              format_command(args).replace(HERE, "<this folder>"), "```", ""]
+    if sealed.encryption_on():
+        lines += ["The weights here (`adapter/`, `merged/`) are encrypted at rest: a master key was set when tunelab "
+                  "wrote them, and vLLM cannot read them. On the serving machine, with the same key set, "
+                  "`tunelab decrypt <this folder> --out PLAIN` writes a plaintext copy; run `PLAIN/serve_vllm.sh`. "
+                  "That copy is outside tunelab's protection.", ""]
     if plan.mode == "lora":
         base = f"The Hub model `{plan.base.hub_id}`" if plan.base.hub_id else "`base/`"
         lines += [f"{base} is loaded once and the run's adapter `adapter/` "

@@ -31,6 +31,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, read_json, read_jsonl
 from tunelab.modeling.methods import WHOLE_MODEL_METHODS
+from tunelab.security import files as sealed
 
 STATUSES = ("running", "finished", "failed", "killed")
 ARTIFACT_FILES = ("config.yaml", "metrics.json", "predictions.jsonl", "eval_set.jsonl", "report.md",
@@ -122,7 +123,7 @@ class RunFolder:
         return json.loads(path.read_text(encoding="utf-8"))["labels"]
 
     def predictions(self) -> list[dict]:
-        return read_jsonl(self.predictions_path)
+        return sealed.read_jsonl(self.predictions_path)
 
     # ---- status
     def status(self) -> RunStatus:

@@ -21,6 +21,7 @@ from tunelab.modeling.fast import prepare_for_inference
 from tunelab.modeling.load import (frozen_dtype, is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
                                    load_tokenizer, model_inputs)
 from tunelab.modeling.methods import load_adapter
+from tunelab.modeling.sealed_weights import from_pretrained
 from tunelab.runs.folder import RunFolder
 
 
@@ -74,7 +75,7 @@ def load_run(path, for_merging: bool = False) -> LoadedModel:
         model = load_adapter(load_base(config, dtype=dtype, quantize=not for_merging)[1], saved)
         base = None
     else:
-        model = base_class.from_pretrained(saved, dtype=frozen_dtype(config, dtype))
+        model = from_pretrained(base_class, saved, dtype=frozen_dtype(config, dtype))
         base = lambda: prepare_for_inference(load_base(config)[1], config)  # noqa: E731
     if not for_merging:
         prepare_for_inference(model, config)
@@ -99,7 +100,7 @@ def _classifier_run(run: RunFolder, config: RunConfig) -> LoadedModel:
         model = load_adapter(untrained(), saved)
         base = None
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(saved, dtype=frozen_dtype(config, None))
+        model = from_pretrained(AutoModelForSequenceClassification, saved, dtype=frozen_dtype(config, None))
         base = untrained
     prepare_for_inference(model, config)
     return LoadedModel(config, tokenizer, model, base, labels, True, model_inputs(model), run=run)

@@ -8,14 +8,13 @@ any time (``config.yaml``, ``metrics.json``, ``train_log.jsonl``, ``predictions.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from tunelab.io import read_json, read_jsonl
 from tunelab.tables import cell, escape, markdown_table
+from tunelab.security import files as sealed
 
 # Preferred metric for the one-line summary, best first; otherwise the first numeric one.
 HEADLINE_METRICS = ("accuracy", "f1", "exact_match", "rouge_l", "bleu", "perplexity")
@@ -221,7 +220,7 @@ def write_report(run_dir: str | Path) -> Path:
     config = yaml.safe_load(config_text) if config_text else None
     run_name = config.get("run_name") if isinstance(config, dict) else None
     metrics = read_json(run_dir / "metrics.json") or {}
-    predictions = read_jsonl(run_dir / "predictions.jsonl")
+    predictions = sealed.read_jsonl(run_dir / "predictions.jsonl")
     data_summary = read_json(run_dir / "data_summary.json") or metrics.get("data")
     curve = plot_training_curve(run_dir / "train_log.jsonl", run_dir / "training_curve.png")
 
@@ -250,12 +249,5 @@ def write_report(run_dir: str | Path) -> Path:
 
     text = "\n\n".join("\n\n".join([heading, *body]) for heading, body in sections) + "\n"
     report_path = run_dir / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".md.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, report_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    sealed.write_text(report_path, text)  # it quotes predictions: encrypted when a key is set
     return report_path

@@ -4,7 +4,7 @@ Start: open the registry, check every adapter named on the command line, load th
 first adapter's precision, attach the adapters, start the engine's thread and the response log,
 then A/B tests. Stop: the engine, then the log's last batch. Routes live in ``routes_openai.py``
 (what users call) and ``routes_admin.py`` (adapters, keys, A/B tests, metrics); ``auth.py`` stands in
-front of both.
+front of both, and ``audit.py`` in front of it records admin calls and refused keys in the audit log.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tunelab.errors import TunelabError
 from tunelab.registry.db import open_registry
 from tunelab.registry.serving import active_ab_tests, pick_arm, start_ab_test, user_hash
-from tunelab.serve.auth import AuthMiddleware, KeyCheck, Principal
+from tunelab.serve.audit import AuditTrail
+from tunelab.serve.auth import AuthMiddleware, KeyCheck, Principal, describe_auth
 from tunelab.serve.completions import Job, Limits, Outcome
 from tunelab.serve.engine import Engine
-from tunelab.serve.errors import ApiError, error_response, install_handlers
+from tunelab.serve.errors import ERROR_RESPONSES, ApiError, error_response, install_handlers
 from tunelab.serve.golden import check_loaded_adapter
 from tunelab.serve.metrics import CountErrors, Metrics
 from tunelab.serve.pool import AdapterSource, ModelPool, Served, check_adapter
@@ -47,6 +48,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     max_model_len: int | None = None
     parity_check: bool = False  # refuse adapters whose golden prompts answer differently than in eval
+    allow_tainted: bool = False  # serve adapters trained on erased rows (tunelab data erase) all the same
     limits: Limits = field(default_factory=Limits)
 
 
@@ -58,7 +60,7 @@ class ServerState:
         self.registry = open_registry(settings.registry_url)
         sources = [(name, self._checked(name, source)) for name, source in settings.adapters]
         self.pool = pool = ModelPool(settings.base, registry=self.registry, roots=settings.adapter_roots,
-                                     max_length=settings.max_model_len,
+                                     max_length=settings.max_model_len, allow_tainted=settings.allow_tainted,
                                      like=sources[0][1].config if sources else None)
         for name, source in sources:
             pool.attach(name, source)
@@ -79,7 +81,8 @@ class ServerState:
     def _checked(self, name: str, source: str) -> AdapterSource:
         if name == self.settings.base:
             raise TunelabError(f"--adapter {name}=...: the name is the base model's; pick another")
-        return check_adapter(source, self.settings.base, self.registry, roots=None)  # the operator's own choice
+        return check_adapter(source, self.settings.base, self.registry, roots=None,  # the operator's own choice
+                             allow_tainted=self.settings.allow_tainted)
 
     def check_arms(self, name: str, arms: dict[str, float]) -> None:
         if name in self.pool.served:
@@ -174,11 +177,18 @@ def build_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = state
     install_handlers(app)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_admin.router)
+    app.include_router(routes_openai.router, responses=ERROR_RESPONSES)
+    app.include_router(routes_admin.router, responses=ERROR_RESPONSES)
+    schema_of_routes = app.openapi
+
+    def openapi() -> dict:  # not served (openapi_url None); tests and tools build it: routes, errors, keys
+        return describe_auth(schema_of_routes(), auth=state.keys is not None)
+
+    app.openapi = openapi
     app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes)
     routes = [*routes_openai.router.routes, *routes_admin.router.routes]  # no prefixes: their paths are the app's
     app.add_middleware(AuthMiddleware, routes=routes, keys=state.keys)  # before anything reads the body
+    app.add_middleware(AuditTrail, routes=routes, registry=state.registry)  # admin calls and refusals, around auth
     app.add_middleware(CountErrors, metrics=state.metrics)
     return app
 

@@ -1,7 +1,9 @@
 """Who may call what: API keys and roles, checked before a request reaches any route.
 
 Every route is denied unless ``ROUTE_ROLES`` names the roles that may call it, so a route added
-without an entry is closed, not open. ``/health`` and ``/ready`` are the only public routes: load
+without an entry is closed, not open. Each route asks for one permission, and the roles that hold it
+come from ``security/roles.py`` (four roles: inference, viewer, trainer, admin; why each may do what
+it may is written there). ``/health`` and ``/ready`` are the only public routes: load
 balancers probe them without credentials and they carry no data. The check runs as ASGI middleware,
 ahead of body parsing, so a caller without a valid key learns nothing, not even whether the body was
 valid. A key is checked against the registry (HMAC, constant time) at most every ``ttl`` seconds;
@@ -18,32 +20,49 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunelab.registry.keys import KEY_PATTERN, digest, verify_key
+from tunelab.security.roles import (ADMIN, ALIASES, FEEDBACK, GENERATE, MANAGE_AB, MANAGE_ADAPTERS, MANAGE_KEYS,
+                                    MONITOR, READ_MODELS, roles_with)
 from tunelab.serve.errors import error_response
 
 PUBLIC = None
-CALLERS = frozenset({"admin", "user"})
-ADMIN = frozenset({"admin"})
-ROUTE_ROLES: dict[tuple[str, str], frozenset[str] | None] = {
+ROUTE_PERMISSIONS: dict[tuple[str, str], str | None] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/ready"): PUBLIC,
-    ("GET", "/v1/models"): CALLERS,
-    ("GET", "/v1/models/{name}"): CALLERS,
-    ("POST", "/v1/chat/completions"): CALLERS,
-    ("POST", "/v1/completions"): CALLERS,
-    ("POST", "/v1/feedback"): CALLERS,
-    ("GET", "/metrics"): ADMIN,
-    ("GET", "/v1/ab"): ADMIN,
-    ("GET", "/v1/ab/{name}"): ADMIN,
-    ("POST", "/v1/ab"): ADMIN,
-    ("DELETE", "/v1/ab/{name}"): ADMIN,
-    ("GET", "/v1/admin/adapters"): ADMIN,
-    ("POST", "/v1/admin/adapters"): ADMIN,
-    ("DELETE", "/v1/admin/adapters/{name}"): ADMIN,
-    ("GET", "/v1/admin/keys"): ADMIN,
-    ("POST", "/v1/admin/keys"): ADMIN,
-    ("DELETE", "/v1/admin/keys/{key_id}"): ADMIN,
+    ("GET", "/v1/models"): READ_MODELS,
+    ("GET", "/v1/models/{name}"): READ_MODELS,
+    ("POST", "/v1/chat/completions"): GENERATE,
+    ("POST", "/v1/completions"): GENERATE,
+    ("POST", "/v1/feedback"): FEEDBACK,
+    ("GET", "/metrics"): MONITOR,
+    ("GET", "/v1/ab"): MONITOR,
+    ("GET", "/v1/ab/{name}"): MONITOR,
+    ("POST", "/v1/ab"): MANAGE_AB,
+    ("DELETE", "/v1/ab/{name}"): MANAGE_AB,
+    ("GET", "/v1/admin/adapters"): MONITOR,
+    ("POST", "/v1/admin/adapters"): MANAGE_ADAPTERS,
+    ("DELETE", "/v1/admin/adapters/{name}"): MANAGE_ADAPTERS,
+    ("GET", "/v1/admin/keys"): MANAGE_KEYS,
+    ("POST", "/v1/admin/keys"): MANAGE_KEYS,
+    ("DELETE", "/v1/admin/keys/{key_id}"): MANAGE_KEYS,
 }
+ROUTE_ROLES: dict[tuple[str, str], frozenset[str] | None] = {
+    route: PUBLIC if needed is PUBLIC else roles_with(needed) for route, needed in ROUTE_PERMISSIONS.items()}
 NO_AUTH = "no-auth"
+
+
+def describe_auth(schema: dict, auth: bool = True) -> dict:
+    """The OpenAPI ``schema`` with the bearer key each route needs and the roles that may call it."""
+    if not auth:
+        return schema
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "apiKey": {"type": "http", "scheme": "bearer", "description": "tl-... (tunelab keys create)"}}
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            roles = ROUTE_ROLES.get((method.upper(), path), frozenset())
+            if roles is not PUBLIC:
+                operation["security"] = [{"apiKey": []}]
+                operation["x-roles"] = sorted(roles)
+    return schema
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,8 @@ class KeyCheck:
     def _lookup(self, presented: str) -> Principal | None:
         with self.registry.session() as session:
             row = verify_key(session, presented)
-            return Principal(row.id, row.role, row.name) if row is not None else None
+            # a key stored under an old role name (a server of the older release wrote it) gets the new name
+            return Principal(row.id, ALIASES.get(row.role, row.role), row.name) if row is not None else None
 
 
 class AuthMiddleware:
@@ -103,7 +123,7 @@ class AuthMiddleware:
         roles = ROUTE_ROLES[key]
         if roles is PUBLIC:
             return await self.app(scope, receive, send)
-        principal = Principal(None, "admin", NO_AUTH) if self.keys is None else await self._principal(scope)
+        principal = Principal(None, ADMIN, NO_AUTH) if self.keys is None else await self._principal(scope)
         if principal is None:
             response = error_response(401, "missing or invalid API key: send 'Authorization: Bearer tl-...' "
                                            "(tunelab keys create NAME)", code="invalid_api_key",
@@ -126,5 +146,5 @@ class AuthMiddleware:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
-                return route.path
+                return route.path_format  # /v1/models/{name}, as the schema writes it, not {name:path}
         return None

@@ -1,8 +1,14 @@
-"""``tunelab serve``: load the models, then run uvicorn on 127.0.0.1 unless told otherwise."""
+"""``tunelab serve``: load the models, then run uvicorn on 127.0.0.1 unless told otherwise.
+
+Off loopback it warns: without TLS (keys and prompts cross the network in clear text) in one line, and
+without auth in a banner. A certificate without its key, or a pair that does not load, is a one-line
+error before any model loads.
+"""
 
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
 import uvicorn
@@ -30,8 +36,12 @@ def parse_ab(text: str) -> tuple[str, dict[str, float]]:
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ssl_certfile: str | None = None,
           ssl_keyfile: str | None = None, access_log: bool = False) -> None:
+    check_tls(ssl_certfile, ssl_keyfile)
     if not settings.auth:
         warn_no_auth(host)
+    if not ssl_certfile and not is_loopback(host):
+        print(f"WARNING: serving on {host} without TLS: API keys, prompts and answers cross the network in clear "
+              "text; pass --ssl-certfile and --ssl-keyfile, or put a TLS proxy in front", file=sys.stderr, flush=True)
     print(f"loading {settings.base} and {len(settings.adapters)} adapter(s)...", file=sys.stderr, flush=True)
     state = ServerState(settings)
     names = ", ".join(state.pool.served) + "".join(f", {t} (A/B)" for t in state.ab_tests)
@@ -40,6 +50,24 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ss
     print(f"serving {names} at {scheme}://{host}:{port}/v1 ({auth})", file=sys.stderr, flush=True)
     uvicorn.run(build_app(state), host=host, port=port, log_level="info", access_log=access_log,
                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10)
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Both files or neither, and they must load as a certificate with its (unencrypted) private key."""
+    if not certfile and not keyfile:
+        return
+    if not certfile or not keyfile:
+        given, missing = ("--ssl-certfile", "--ssl-keyfile") if certfile else ("--ssl-keyfile", "--ssl-certfile")
+        raise TunelabError(f"{given} needs {missing} too: HTTPS takes a certificate and its private key")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except ssl.SSLError as error:
+        why = ("the key is not the certificate's" if error.reason == "KEY_VALUES_MISMATCH"
+               else "they must be a PEM certificate and its unencrypted private key")
+        raise TunelabError(f"--ssl-certfile {certfile} --ssl-keyfile {keyfile}: {why}") from None
+    except OSError as error:
+        raise TunelabError(f"{error.filename or certfile}: {error.strerror or error} (--ssl-certfile/--ssl-keyfile)") \
+            from None
 
 
 def warn_no_auth(host: str) -> None:

@@ -12,15 +12,33 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from tunelab.errors import TunelabError
+from tunelab.errors import NotFoundError, TunelabError
 
 log = logging.getLogger(__name__)
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
          422: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorObject(BaseModel):
+    """What every 4xx answer holds, as the API's schema documents it."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES = {"4XX": {"model": ErrorObject, "description": "an OpenAI-style error object"}}
 
 
 class ApiError(Exception):
@@ -53,6 +71,16 @@ def validation_message(error: RequestValidationError) -> tuple[str, str | None]:
     return "; ".join(problems) or "invalid request", first
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path (GET routes answer HEAD too)."""
+    methods = set()
+    for route in request.app.router.routes:
+        for method in getattr(route, "methods", None) or ():
+            if route.matches({**request.scope, "method": method})[0] == Match.FULL:
+                methods.add(method)
+    return sorted(methods)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, error: ApiError):
@@ -62,6 +90,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _user_error(request: Request, error: TunelabError):
         return error_response(400, str(error))
 
+    @app.exception_handler(NotFoundError)  # the most specific handler wins: a TunelabError that names nothing
+    async def _not_found(request: Request, error: NotFoundError):
+        return error_response(404, str(error))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError):
         message, param = validation_message(error)
@@ -70,9 +102,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException):
         message = error.detail if isinstance(error.detail, str) else "request failed"
+        headers = getattr(error, "headers", None)
         if error.status_code == 404:
             message = f"no route {request.method} {request.url.path}"
-        return error_response(error.status_code, message, headers=getattr(error, "headers", None))
+        if error.status_code == 405:  # the router names only the first route on the path; list them all
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(error.status_code, message, headers=headers)
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, error: Exception):

@@ -26,7 +26,6 @@ from transformers.utils import logging as hf_logging
 
 from tunelab.errors import TunelabError
 from tunelab.inference.generate import generate
-from tunelab.io import atomic_write_json
 from tunelab.runs.export import merge_adapter
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.load import load_run
@@ -34,6 +33,7 @@ from tunelab.serve.app import ServerState, ServeSettings
 from tunelab.serve.golden import Case, cases_of
 from tunelab.serve.local import server_in_thread
 from tunelab.serve.pool import SERVABLE_METHODS
+from tunelab.security import files as sealed
 
 DEFAULT_PROMPTS = 32
 SERVED_NAME = "parity"
@@ -102,7 +102,7 @@ def _check_parity(run_dir: str | Path, server: str | None, api_key: str | None, 
     if all(c.reference is not None for c in cases) and run.labels(config):
         report.accuracy = {path: sum(o == c.reference for o, c in zip(outs, cases)) / len(cases)
                            for path, outs in report.outputs.items()}
-    atomic_write_json(run.path / "parity.json", report.as_dict())
+    sealed.write_json(run.path / "parity.json", report.as_dict())  # quotes prompts and answers
     return report
 
 

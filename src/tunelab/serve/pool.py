@@ -6,7 +6,10 @@ saved with that run: the same files, template and precision ``tunelab eval`` use
 attached and removed on the engine's thread between decode steps, never under a running forward.
 
 An adapter named in an admin request must lie inside the allowed roots after every symlink is
-followed: ``..`` in the path, absolute paths elsewhere and links out of a root are refused.
+followed: ``..`` in the path, absolute paths elsewhere and links out of a root are refused, and a path
+the file system cannot take (NUL or control characters, names too long, symlink loops) is a 400, never
+a 500. Look-alike characters (FULLWIDTH FULL STOP, ONE DOT LEADER) are plain name characters on POSIX
+file systems, so they name folders inside the root like any other name.
 """
 
 from __future__ import annotations
@@ -16,14 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peft import PeftModel
-
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
-from tunelab.model_files import resolve_model
+from tunelab.model_files import check_weights, resolve_model
 from tunelab.modeling.fast import prepare_for_inference
 from tunelab.modeling.fast.lora_forward import use_single_rounding
 from tunelab.modeling.load import load_causal_lm, load_tokenizer
+from tunelab.modeling.sealed_weights import attach_adapter
+from tunelab.registry.erasure import tainted_reason
 from tunelab.registry.models import resolve
 from tunelab.runs.folder import RunFolder
 from tunelab.serve.errors import ApiError
@@ -64,10 +67,10 @@ class AdapterSource:
 
 class ModelPool:
     def __init__(self, base: str, *, registry=None, roots: list[Path] | None = None,
-                 max_length: int | None = None, like: RunConfig | None = None):
+                 max_length: int | None = None, like: RunConfig | None = None, allow_tainted: bool = False):
         """``like``: a run whose precision and quantization the base is loaded with (the first adapter's),
         so adapters run on the base exactly as they were evaluated."""
-        self.base_name, self.registry = base, registry
+        self.base_name, self.registry, self.allow_tainted = base, registry, allow_tainted
         self.roots = [Path(r).resolve() for r in (roots or [])]
         config = like.model_copy(update={"model": base}) if like is not None else RunConfig(model=base)
         self.base_config = config
@@ -95,16 +98,14 @@ class ModelPool:
 
     def check_source(self, source: str) -> AdapterSource:
         """An adapter named in an admin request: inside the allowed roots, or a registry version."""
-        return check_adapter(source, self.base_name, self.registry, self.roots)
+        return check_adapter(source, self.base_name, self.registry, self.roots, self.allow_tainted)
 
     def attach(self, name: str, source: AdapterSource) -> Served:
         """Load the adapter into the model under ``name`` (on the engine's thread, between steps)."""
         if name in self.served:
             raise ApiError(409, f"a model named {name!r} is already served; unload it first", param="name")
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(source.folder, adapter_name=name)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, source.folder, adapter_name=name)
+        # checked first (peft would unpickle an adapter_model.bin); an encrypted adapter is decrypted in memory
+        self.model = attach_adapter(self.model, source.folder, adapter_name=name)
         self.model.eval()
         use_single_rounding(self.model)
         tokenizer = load_tokenizer(source.folder)
@@ -123,15 +124,25 @@ class ModelPool:
             self.model = self.model.unload()  # the last one: back to the plain base model
 
 
-def check_adapter(source: str, base: str, registry, roots: list[Path] | None) -> AdapterSource:
+def check_adapter(source: str, base: str, registry, roots: list[Path] | None,
+                  allow_tainted: bool = False) -> AdapterSource:
     """The adapter run ``source`` names: a run folder (inside ``roots``; None: any folder, as given on the
-    command line) or a registry version; refused unless it is a LoRA adapter trained on ``base``."""
+    command line) or a registry version; refused unless it is a LoRA adapter trained on ``base`` and, without
+    ``allow_tainted``, untouched by an erasure."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in source):
+        message = "an adapter source may not contain NUL or other control characters"
+        raise TunelabError(message) if roots is None else ApiError(400, message, param="source")
     if _is_registry_ref(source):
         folder, version = _from_registry(registry, source)
     else:
-        folder = Path(source) if roots is None else inside_roots(source, roots)
-        version = folder.resolve().name
-    if not RunFolder.is_run(folder):
+        folder, version = (Path(source) if roots is None else inside_roots(source, roots)), None
+    try:
+        version = version or folder.resolve().name
+        is_run = RunFolder.is_run(folder)
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, unencodable text
+        reason = getattr(exc, "strerror", None) or exc
+        raise TunelabError(f"cannot read adapter {source[:200]!r}: {reason}") from None
+    if not is_run:
         raise TunelabError(f"{source} is not a run folder (no config.yaml with an adapter/ or model/)")
     run = RunFolder(folder)
     config = run.config()
@@ -143,8 +154,13 @@ def check_adapter(source: str, base: str, registry, roots: list[Path] | None) ->
                         f"{', '.join(SERVABLE_METHODS)} (serve a merged export with --base instead)")
     if config.model != base:
         problems.append(f"it was trained on {config.model}, not on this server's base {base}")
+    erasure = tainted_reason(registry, folder) if registry is not None else None
+    if erasure and not allow_tainted:
+        problems.append(f"it learned from rows removed by erasure {erasure} (tainted): retrain it without them, "
+                        "or serve it anyway with --allow-tainted")
     if problems:
         raise TunelabError(f"cannot serve {source}: " + "; ".join(problems))
+    check_weights(run.weights_dir, adapter=True)
     return AdapterSource(run.weights_dir, config, version)
 
 
@@ -153,14 +169,18 @@ def inside_roots(text: str, roots: list[Path]) -> Path:
     path = Path(text)
     if ".." in path.parts:
         raise ApiError(403, "an adapter path may not contain '..'", param="source")
-    resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
-    root = next((r for r in roots if resolved.is_relative_to(r)), None)
-    if root is None:
-        raise ApiError(403, f"{text} is outside the adapter roots ({', '.join(map(str, roots)) or 'none'}; "
-                            "add one with tunelab serve --adapter-root DIR)", param="source")
-    for inner in resolved.rglob("*"):
-        if not inner.resolve().is_relative_to(root):
-            raise ApiError(403, f"{text} links out of its root ({inner.relative_to(resolved)})", param="source")
+    try:
+        resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        root = next((r for r in roots if resolved.is_relative_to(r)), None)
+        if root is None:
+            raise ApiError(403, f"{text} is outside the adapter roots ({', '.join(map(str, roots)) or 'none'}; "
+                                "add one with tunelab serve --adapter-root DIR)", param="source")
+        for inner in resolved.rglob("*"):
+            if not inner.resolve().is_relative_to(root):
+                raise ApiError(403, f"{text} links out of its root ({inner.relative_to(resolved)})", param="source")
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, bytes the OS refuses
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ApiError(400, f"cannot use {text[:200]!r} as an adapter path: {reason}", param="source") from None
     return resolved
 
 
@@ -181,7 +201,10 @@ def eos_ids(tokenizer, model) -> frozenset[int]:
 
 
 def _is_registry_ref(source: str) -> bool:
-    return "@" in source and not Path(source).exists()
+    try:
+        return "@" in source and not Path(source).exists()
+    except (OSError, ValueError):  # a name the file system cannot take is no folder; inside_roots says why
+        return False
 
 
 def _weights_of(source: str | Path) -> list[Path]:

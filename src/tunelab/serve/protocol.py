@@ -1,21 +1,44 @@
 """Request bodies of the OpenAI-compatible API, as pydantic models mirroring OpenAI's schemas.
 
 Unknown fields are ignored, as OpenAI's own server does, so clients that send newer parameters keep
-working; a known field with a wrong type or value is a 400 naming the field. Limits that depend on
+working; a known field with a wrong type or value is a 400 naming the field (types are strict: ``"n": 1.0``
+and ``"stream": 0`` are wrong types). Where a validator checks more than the type says, ``json_schema_extra``
+writes the same rule into the API's schema, which the schemathesis test holds the server to. Limits that depend on
 the server's settings (``n``, ``max_tokens``, context length) are checked where the request is served.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tunelab.security.roles import ALIASES, DEFAULT_ROLE, ROLES
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+# What the validators below accept, for the API's schema (they check it with messages of their own).
+STOPS = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"},
+                   {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP_STRINGS}]}
+TEXT_PART = {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+             "required": ["type", "text"]}
+TEXT_PARTS = {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "array", "items": TEXT_PART}]}
+PROMPTS = {"anyOf": [{"type": "string", "minLength": 1},
+                     {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}]}
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # strict: "2" is no n and 0 no boolean, as the schema says
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data):
+        """JSON Schema's integer: 2.0 is one (strict pydantic says no), 2.5 is not."""
+        if not isinstance(data, dict):
+            return data
+        fixed = {name: int(value) for name, value in data.items() if isinstance(value, float) and value.is_integer()
+                 and name in cls.model_fields and int in (get_args(cls.model_fields[name].annotation) or
+                                                          (cls.model_fields[name].annotation,))}
+        return {**data, **fixed} if fixed else data
 
 
 class StreamOptions(Request):
@@ -30,7 +53,7 @@ class Sampled(Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, json_schema_extra=STOPS)
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -53,7 +76,7 @@ class Sampled(Request):
 
 class Message(Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[dict[str, Any]] | None = Field(None, json_schema_extra=TEXT_PARTS)
 
     @field_validator("content")
     @classmethod
@@ -104,10 +127,10 @@ class ChatRequest(Sampled):
 
 
 class CompletionRequest(Sampled):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(json_schema_extra=PROMPTS)  # each needs a token: checked when it is served
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API: how many top tokens to return
-    echo: bool = False
-    suffix: str | None = None
+    echo: bool = Field(False, json_schema_extra={"enum": [False]})  # refused with a message when the route runs
+    suffix: str | None = Field(None, json_schema_extra={"maxLength": 0})
     response_format: ResponseFormat | None = None  # not in OpenAI's completions API; vLLM accepts it
 
     @property
@@ -129,14 +152,17 @@ class FeedbackRequest(Request):
 
 class AdapterLoad(Request):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    source: str = Field(min_length=1, description="a run folder inside the allowed roots, or MODEL@ALIAS|MODEL@N")
+    source: str = Field(min_length=1, description="a run folder inside the allowed roots, or MODEL@ALIAS|MODEL@N",
+                        json_schema_extra={"pattern": "^[^\\x00-\\x1f\\x7f]+$"})  # pool.check_adapter refuses the rest
 
 
 class AbStart(Request):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    arms: dict[str, float] = Field(min_length=2)
+    arms: dict[Annotated[str, Field(min_length=1)], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        min_length=2, description="served model -> weight (above 0; normalized to sum 1)")
 
 
 class KeyCreate(Request):
     name: str = Field(min_length=1, max_length=200)
-    role: str = "user"
+    role: str = Field(DEFAULT_ROLE, description="admin, trainer, viewer or inference ('user' is inference)",
+                      json_schema_extra={"enum": [*ROLES, *ALIASES]})  # create_key says which roles exist

@@ -30,7 +30,7 @@ def server(request: Request) -> ServerState:
     return request.app.state.server
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}})
 async def metrics(request: Request):
     return Response(server(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
@@ -55,6 +55,7 @@ async def load_adapter(body: AdapterLoad, request: Request):
         return served
 
     served = await asyncio.wrap_future(state.engine.call(attach))
+    request.state.audit = {"name": body.name, "version": served.version}
     if state.settings.parity_check:
         try:
             await anyio.to_thread.run_sync(check_loaded_adapter, state, body.name)
@@ -101,7 +102,9 @@ async def new_key(body: KeyCreate, request: Request):
         row, key = create_key(session, body.name, body.role)
         return {"id": row.id, "name": row.name, "role": row.role, "key": key}
 
-    return await in_registry(request, create)
+    created = await in_registry(request, create)
+    request.state.audit = {"key": created["id"], "role": created["role"]}
+    return created
 
 
 @router.delete("/v1/admin/keys/{key_id}")
@@ -129,11 +132,18 @@ async def ab_results(name: str, request: Request):
 @router.post("/v1/ab", status_code=201)
 async def start_ab(body: AbStart, request: Request):
     state = server(request)
-    state.check_arms(body.name, body.arms)
+    if body.name in state.pool.served or body.name in state.ab_tests:
+        raise ApiError(409, f"{body.name!r} is already a served model or a running A/B test; pick another name",
+                       param="name")
+    missing = [arm for arm in body.arms if arm not in state.pool.served]
+    if missing:
+        raise ApiError(404, f"A/B test {body.name!r}: {', '.join(map(repr, missing))} not served here "
+                            f"(served: {', '.join(state.pool.served)})", param="arms")
     creator = request.state.principal.key_id
     arms = await in_registry(request, lambda session: dict(start_ab_test(session, body.name, body.arms,
                                                                          created_by=creator).arms))
     state.ab_tests[body.name] = arms
+    request.state.audit = {"name": body.name, "arms": sorted(arms)}
     return {"name": body.name, "arms": arms}
 
 

@@ -15,6 +15,8 @@ from tunelab.serve.errors import ApiError
 from tunelab.serve.protocol import ChatRequest, CompletionRequest, FeedbackRequest
 
 router = APIRouter()
+ANSWERS = {200: {"description": "the answer, or with stream: true its chunks as server-sent events",
+                 "content": {"application/json": {}, "text/event-stream": {}}}}
 
 
 def server(request: Request) -> ServerState:
@@ -26,7 +28,7 @@ async def health():
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={503: {"description": "the engine has not started yet: {\"status\": \"starting\"}"}})
 async def ready(request: Request):
     state = server(request)
     if not state.engine.thread.is_alive():
@@ -44,7 +46,7 @@ async def list_models(request: Request):
     return {"object": "list", "data": models}
 
 
-@router.get("/v1/models/{name}")
+@router.get("/v1/models/{name:path}")  # a base served by its hub id has a slash in its name, as in vLLM
 async def get_model(name: str, request: Request):
     return model_card(server(request).pool.get(name))
 
@@ -55,7 +57,7 @@ def model_card(served) -> dict:
             "max_model_len": served.max_length}
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=ANSWERS)
 async def chat_completions(body: ChatRequest, request: Request):
     state = server(request)
     principal = request.state.principal
@@ -82,7 +84,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     return chat_body(job, outcome, body.logprobs)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=ANSWERS)
 async def completions(body: CompletionRequest, request: Request):
     state = server(request)
     principal = request.state.principal
@@ -110,12 +112,16 @@ async def completions(body: CompletionRequest, request: Request):
 
 
 async def until_done_or_gone(request: Request, job, work):
-    """Await ``work``; if the client disconnects first, free the job's rows and stop."""
-    result = None
+    """Await ``work``; if the client disconnects first, free the job's rows and stop. An error of ``work``
+    (an ApiError) is raised as itself, not inside the task group's ExceptionGroup, which no handler knows."""
+    result, failure = None, None
 
     async def run(scope: anyio.CancelScope):
-        nonlocal result
-        result = await work
+        nonlocal result, failure
+        try:
+            result = await work
+        except Exception as error:
+            failure = error
         scope.cancel()
 
     async def watch(scope: anyio.CancelScope):
@@ -128,6 +134,8 @@ async def until_done_or_gone(request: Request, job, work):
     async with anyio.create_task_group() as group:
         group.start_soon(run, group.cancel_scope)
         group.start_soon(watch, group.cancel_scope)
+    if failure is not None:
+        raise failure
     if result is None:
         raise ApiError(499, "the client went away")
     return result

@@ -45,7 +45,10 @@ def generator_for(sampling: Sampling, index: int) -> torch.Generator | None:
     """A seeded request's own random stream; choice ``index`` of ``n`` gets its own seed from it."""
     if sampling.seed is None or sampling.greedy:
         return None
-    return torch.Generator().manual_seed(sampling.seed * 1_000_003 + index)
+    seed = sampling.seed * 1_000_003 + index
+    if not -2 ** 63 <= seed < 2 ** 63:  # torch takes a 64-bit seed; any integer is a valid request's seed
+        seed %= 2 ** 63
+    return torch.Generator().manual_seed(seed)
 
 
 def choose(logits: torch.Tensor, settings: list[Sampling], generators: list[torch.Generator | None],
@@ -85,6 +88,8 @@ def _top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     always stays), renormalized."""
     ordered, order = probs.sort(descending=True)
     before = ordered.cumsum(0) - ordered  # mass of the tokens ranked above each one
-    ordered[before >= top_p] = 0.0
+    drop = before >= top_p  # a top_p below float32's range reads as 0 here, and 0 >= 0: keep the first anyway
+    drop[0] = False
+    ordered[drop] = 0.0
     kept = torch.zeros_like(probs).scatter_(0, order, ordered)
     return kept / kept.sum()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import DataCollatorWithPadding
 
 from tunelab.config import RunConfig
 from tunelab.data.dataset import Splits
@@ -35,7 +35,7 @@ from tunelab.modeling.methods import parameter_counts
 from tunelab.modeling.precision import autocast_like
 from tunelab.train.distill_labels import LabelDistillationLoss, distills_labels, load_label_teacher, with_teacher_logits
 from tunelab.train.early_stopping import EarlyStopping
-from tunelab.train.fit import finish_run, fit_padded
+from tunelab.train.fit import SealedTrainer, finish_run, fit_padded
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
 
 
@@ -51,7 +51,7 @@ class ClassWeightedLoss:
         return F.cross_entropy(logits, labels, weight=weight, reduction="sum")
 
 
-class ClassifierTrainer(Trainer):
+class ClassifierTrainer(SealedTrainer):
     """Trainer whose loss is ``loss_fn(fp32 logits, targets) -> summed loss`` (no other behaviour changes).
 
     ``targets`` are the batch's ``labels`` and, for distillation, its ``teacher_logits``. The summed

@@ -31,6 +31,7 @@ from tunelab.modeling.load import load_causal_lm, load_tokenizer
 from tunelab.modeling.loss import CHUNK_ROWS, decoder_inputs, supports_selective_logits
 from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS, parameter_counts
 from tunelab.modeling.precision import pick_dtype
+from tunelab.modeling.sealed_weights import from_pretrained
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.load import load_run
 from tunelab.train.fit import finish_run, fit
@@ -47,7 +48,7 @@ def load_teacher(name: str, dtype: torch.dtype, config: RunConfig | None = None)
     else:
         folder = resolve_model(name)
         tokenizer = load_tokenizer(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        model = from_pretrained(AutoModelForCausalLM, folder, dtype=dtype, attn_implementation="sdpa")
     model.requires_grad_(False)
     prepare_for_inference(model, config)
     return tokenizer, model.eval()
@@ -63,8 +64,8 @@ def _load_run_teacher(run_dir: Path, dtype: torch.dtype):
         raise TunelabError(f"teacher {run_dir} is a task {run_config.task} run; a task distill teacher must be a "
                            f"causal LM (a run of task sft, pretrain or distill){hint}")
     if run.weights_dir.name == "model":
-        return load_tokenizer(run.weights_dir), AutoModelForCausalLM.from_pretrained(
-            run.weights_dir, dtype=dtype, attn_implementation="sdpa")
+        return load_tokenizer(run.weights_dir), from_pretrained(
+            AutoModelForCausalLM, run.weights_dir, dtype=dtype, attn_implementation="sdpa")
     if run_config.method in VIRTUAL_TOKEN_METHODS:
         raise TunelabError(f"teacher {run_dir} was trained with method {run_config.method}, whose virtual tokens "
                            f"cannot be merged into a plain model; use a run of another method as teacher")

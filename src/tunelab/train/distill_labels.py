@@ -28,8 +28,9 @@ from tunelab.data.records import Record
 from tunelab.errors import TunelabError
 from tunelab.eval.classifier import arm_metrics
 from tunelab.inference.classifier import encode, predict_logits, softmax_probabilities
-from tunelab.model_files import resolve_model
+from tunelab.model_files import config_options, resolve_model
 from tunelab.modeling.load import load_tokenizer, model_inputs
+from tunelab.modeling.sealed_weights import from_pretrained
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.load import load_run
 from tunelab.train.distill import soft_kl_sum
@@ -82,12 +83,13 @@ def load_label_teacher(name: str) -> LabelTeacher:
         tokenizer, model, labels = loaded.tokenizer, loaded.model, loaded.labels
     else:
         folder = resolve_model(name)
-        architectures = AutoConfig.from_pretrained(folder).architectures or []
+        model_config = AutoConfig.from_pretrained(folder, **config_options(folder))
+        architectures = model_config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in architectures):
             raise TunelabError(f"teacher {name} is not a sequence classifier ({', '.join(architectures) or 'no head'}); "
                                f"use a classification run folder or a model with a classification head")
         tokenizer = load_tokenizer(folder)
-        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        model = from_pretrained(AutoModelForSequenceClassification, folder)
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     model.requires_grad_(False)
     return LabelTeacher(name, tokenizer, model.eval(), list(labels), model_inputs(model))

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_pt_utils import safe_globals
 
 from tunelab.config import RunConfig
 from tunelab.data.pack import collate_packed, collate_padded, width_multiple
 from tunelab.data.templates import IGNORE_INDEX, Encoded
 from tunelab.eval.suite import EvalTask, prediction_rows
-from tunelab.io import atomic_write_json, atomic_write_jsonl
+from tunelab.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunelab.memory import peak_rss_mb, release_memory
+from tunelab.modeling import sealed_weights
 from tunelab.modeling.fast.compile import compiled_layers, should_compile
 from tunelab.modeling.fast.segment_attention import uses_segment_attention
 from tunelab.modeling.loss import loss_sum
@@ -33,14 +37,84 @@ from tunelab.modeling.methods import VIRTUAL_TOKEN_METHODS
 from tunelab.modeling.precision import autocast_like
 from tunelab.runs.folder import RunFolder
 from tunelab.runs.report import comparison_table, write_report
+from tunelab.train.checkpoints import SealCheckpoints, checkpoint_step, resumable_checkpoint
 from tunelab.train.curriculum import curriculum_order
 from tunelab.train.steps import StepSampler, plan_steps, tokens_by_global_step
 from tunelab.train.trackers import trackers
+from tunelab.security import files as sealed
+from tunelab.security.crypto import is_encrypted_file
 
 RELEASE_EVERY_STEPS = 8  # see ReleaseMemoryCallback
 
 
-class AnswerLossTrainer(Trainer):
+class SealedTrainer(Trainer):
+    """Trainer whose checkpoints are encrypted at rest when a master key is set (modeling/sealed_weights.py).
+
+    Trainer writes a checkpoint's weights with ``save_pretrained`` and its own state (optimizer.pt, scheduler.pt,
+    rng_state.pth, training_args.bin) with ``torch.save``, and reads them back by path. With a key, the methods
+    below write each of them encrypted and read them decrypted in memory (the seal of train/checkpoints.py hashes
+    the encrypted files, as it finds them on disk). tunelab trains in one process, so these cover Trainer's
+    single-process paths. Without a key, and for a checkpoint written without one, every method is Trainer's own.
+    """
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not sealed.encryption_on():
+            return super()._save(output_dir, state_dict)
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        sealed_weights.save_pretrained(self.accelerator.unwrap_model(self.model, keep_torch_compile=False), folder)
+        tokenizer = self.processing_class
+        if tokenizer is None:
+            tokenizer = getattr(self.data_collator, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        sealed_weights.save_torch(self.args, folder / TRAINING_ARGS_NAME)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not sealed.encryption_on():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        sealed_weights.save_torch(self.optimizer.state_dict(), Path(output_dir) / OPTIMIZER_NAME)
+        sealed_weights.save_torch(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        if not sealed.encryption_on():
+            return super()._save_rng_state(output_dir)
+        states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            states["cuda"] = torch.cuda.random.get_rng_state()
+        sealed_weights.save_torch(states, Path(output_dir) / "rng_state.pth")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        folder = Path(resume_from_checkpoint)
+        if not sealed_weights.is_sealed(folder):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        if hasattr(model, "peft_config"):
+            weights = sealed_weights.read_weights(folder / sealed_weights.ADAPTER_WEIGHTS)
+            sealed_weights.load_adapter_weights(model, weights, model.active_adapters[0], folder)
+        else:
+            weights = sealed_weights.read_weights(folder / sealed_weights.MODEL_WEIGHTS)
+            self._issue_warnings_after_load(model.load_state_dict(weights, False))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not is_encrypted_file(Path(checkpoint) / OPTIMIZER_NAME):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        self.optimizer.load_state_dict(sealed_weights.load_torch(Path(checkpoint) / OPTIMIZER_NAME, map_location="cpu"))
+        self.lr_scheduler.load_state_dict(sealed_weights.load_torch(Path(checkpoint) / SCHEDULER_NAME))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        if checkpoint is None or not is_encrypted_file(Path(checkpoint) / "rng_state.pth"):
+            return super()._load_rng_state(checkpoint)
+        with safe_globals():  # numpy's RNG state, as Trainer allows it
+            states = sealed_weights.load_torch(Path(checkpoint) / "rng_state.pth")
+        random.setstate(states["python"])
+        np.random.set_state(states["numpy"])
+        torch.random.set_rng_state(states["cpu"])
+        if torch.cuda.is_available() and "cuda" in states:
+            torch.cuda.random.set_rng_state(states["cuda"])
+
+
+class AnswerLossTrainer(SealedTrainer):
     """Trainer whose loss is our token-normalised answer loss (no other behaviour changes)."""
 
     loss_is_scaled_for_ga = True
@@ -213,7 +287,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, folder: Ru
             print("compiling the decoder layers (train.compile; 30-45 s the first time, a few seconds once cached)",
                   flush=True)
         with compiled_layers(model, compiled):
-            figures = train_and_measure(trainer, folder, resume, tokens_per_step)
+            figures = train_and_measure(trainer, folder, resume, tokens_per_step, total_steps)
     save_weights(model, tokenizer, folder, config)
     return figures | {"micro_batches_per_step": plan.per_step, "compiled": compiled, "segment_attention": segments,
                       "rows": sum(len(rows) for rows in plan.micro_batches if rows)}
@@ -227,7 +301,8 @@ def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: 
     ``trainer_class(loss_fn=...)`` computes the loss of a micro-batch (summed, divided by the targets of
     the whole accumulated batch). Tokens count every input and target token of a step.
     """
-    args = training_arguments(config, folder.checkpoints_dir, total_steps=optimizer_steps(config, len(features)))
+    total_steps = optimizer_steps(config, len(features))
+    args = training_arguments(config, folder.checkpoints_dir, total_steps=total_steps)
     args.train_sampling_strategy = "group_by_length"
     batch = config.train.batch_size * config.train.gradient_accumulation
     tokens = [len(f["input_ids"]) + (len(f["labels"]) if isinstance(f["labels"], list) else 0) for f in features]
@@ -242,7 +317,7 @@ def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: 
             callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
             loss_fn=loss_fn,
         )
-        figures = train_and_measure(trainer, folder, resume, tokens_per_step) | {"examples": len(features)}
+        figures = train_and_measure(trainer, folder, resume, tokens_per_step, total_steps) | {"examples": len(features)}
     save_weights(model, tokenizer, folder, config)
     return figures
 
@@ -250,25 +325,31 @@ def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: 
 def save_weights(model, tokenizer, folder: RunFolder, config: RunConfig) -> None:
     """The adapter (or, for whole-model methods, the model) with its tokenizer, in the run folder."""
     out_dir = folder.weights_dir_for(config.method)
-    model.save_pretrained(out_dir)
+    sealed_weights.save_pretrained(model, out_dir)  # encrypted at rest when a master key is set
     tokenizer.save_pretrained(out_dir)
 
 
-def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_per_step: list[int]) -> dict:
-    """Run Trainer (from the last checkpoint when resuming) and return tokens, time, memory and loss."""
+def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_per_step: list[int],
+                      planned_steps: int) -> dict:
+    """Run Trainer (when resuming, from the last checkpoint, verified: train/checkpoints.py) and return
+    tokens, time, memory and loss. Every checkpoint it saves is sealed."""
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LossInBarProgress)
     trainer.add_callback(ReleaseMemoryCallback)
-    checkpoints = folder.checkpoints_dir
-    checkpoint = get_last_checkpoint(str(checkpoints)) if resume and checkpoints.exists() else None
+    trainer.add_callback(SealCheckpoints)
+    checkpoint = resumable_checkpoint(folder.checkpoints_dir) if resume else None
+    first_step = checkpoint_step(checkpoint) if checkpoint else 0
+    if resume:
+        print(f"resuming from {checkpoint.name}, step {first_step} of {planned_steps}" if checkpoint else
+              f"no checkpoint in {folder.checkpoints_dir} yet: starting from step 0 of {planned_steps}", flush=True)
+        forget_logged_steps_after(folder.train_log_path, first_step)
     started = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:  # a run stopped by an error or Ctrl-C leaves no progress bar behind (Trainer closes it on success)
         close_progress_bars(trainer)
     seconds = time.perf_counter() - started
     steps = trainer.state.global_step
-    first_step = int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
     tokens = sum(tokens_per_step[i % len(tokens_per_step)] for i in range(first_step, steps))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens": tokens, "seconds": round(seconds, 2),
@@ -276,6 +357,14 @@ def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "final_loss": round(float(losses[-1] if losses else result.training_loss), 4),
             "steps": steps}
+
+
+def forget_logged_steps_after(log_path: Path, step: int) -> None:
+    """Drop train_log.jsonl rows past ``step``: a resumed run trains those steps again and logs them anew."""
+    rows = read_jsonl(log_path)
+    kept = [row for row in rows if row.get("step", 0) <= step]
+    if len(kept) < len(rows):
+        atomic_write_jsonl(log_path, kept)
 
 
 def close_progress_bars(trainer: Trainer) -> None:
@@ -290,9 +379,9 @@ def finish_run(folder: RunFolder, metrics: dict, task: EvalTask | None = None, a
     rows, so the same items can be scored again for a paired comparison), report.md and the artifacts'
     checksums, mark the run finished, and print the base-vs-tuned table."""
     atomic_write_json(folder.metrics_path, metrics)
-    atomic_write_jsonl(folder.predictions_path, prediction_rows(task, arms or {}) if task else [])
+    sealed.write_jsonl(folder.predictions_path, prediction_rows(task, arms or {}) if task else [])
     if task and task.records:
-        atomic_write_jsonl(folder.eval_set_path, [record.to_json() for record in task.records])
+        sealed.write_jsonl(folder.eval_set_path, [record.to_json() for record in task.records])
     report = write_report(folder.path)
     folder.write_artifacts()
     folder.mark_ended("finished")

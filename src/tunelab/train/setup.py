@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig, dump_config, load_config
 from tunelab.data.dataset import Splits, load_splits, write_quarantine
 from tunelab.data.split import row_hash
 from tunelab.errors import TunelabError
@@ -46,6 +46,17 @@ def prepare_run_dir(config: RunConfig, resume: bool, overwrite: bool) -> Path:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """The resolved config.yaml a run was started with (``overrides`` applied on top, e.g. a larger
+    train.max_steps), pointed at ``run_dir`` wherever it is now: all ``tunelab train --resume RUN_DIR`` needs."""
+    folder = Path(run_dir).expanduser()
+    if not RunFolder.is_run(folder):
+        raise TunelabError(f"--resume {run_dir}: not a run folder (it has no config.yaml); pass a folder made by "
+                           f"tunelab train, or the original config with --resume")
+    config = load_config(folder / "config.yaml", list(overrides))
+    return config.model_copy(update={"output_dir": str(folder.parent), "run_name": folder.name})
 
 
 def load_base(config: RunConfig):
