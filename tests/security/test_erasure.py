@@ -133,3 +133,22 @@ def test_selector_errors_are_one_line():
         Selector.parse(None, "customer_id")
     with pytest.raises(TunelabError, match="exactly one"):
         Selector.parse("u", "a=b")
+
+
+def test_files_it_cannot_rewrite_are_named_in_the_receipt(tmp_path, monkeypatch, capsys):
+    from tunelab.registry.ingest import _dataset_version
+
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "reviews.csv"
+    source.write_text("text,label,customer_id\ngood film,positive,C-9\nbad film,negative,C-1\n", encoding="utf-8")
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nfine,positive\n", encoding="utf-8")
+    registry = open_registry()
+    with registry.session() as session:
+        for path, rows in ((source, ["a", "b"]), (other, ["c"])):
+            _dataset_version(session, path.stem, {"train": rows}, kind="labeled", path=str(path), origin="run",
+                             settings={}, report=None)
+    assert main(["data", "erase", "--match", "customer_id=C-9", "--json"]) == 0
+    receipt = json.loads(capsys.readouterr().out)
+    assert receipt["not_rewritten"] == [str(source)]
+    assert "C-9" in source.read_text()  # left for the user, and said so

@@ -34,6 +34,7 @@ from tunelab.registry.ingest import run_path as run_path_of
 from tunelab.registry.schema import (Alias, Dataset, DatasetRow, DatasetVersion, Erasure, EvalItem, Evaluation,
                                      Feedback, Model, ModelVersion, Run, ServedResponse)
 from tunelab.runs.folder import RunFolder
+from tunelab.security.files import read_bytes
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "quarantine.jsonl")
 
@@ -46,8 +47,11 @@ def erase(registry: Registry, selector: Selector, dry_run: bool = False) -> dict
     files: list[ErasedFile] = []
     touched: dict[int, str] = {}  # version id -> dataset name, for versions whose files lost rows
     hashes: set[str] = set()
+    not_rewritten: list[str] = []
     for version_id, path, origin, settings, name in versions:
-        for file in _files_of(path, origin, settings):
+        rewritable, others = _files_of(path, origin, settings)
+        not_rewritten += [other for other in others if selector.value.encode() in read_bytes(other)]
+        for file in rewritable:
             erased = erase_rows(file, selector, dry_run=dry_run)
             if erased.removed:
                 files.append(erased)
@@ -76,6 +80,7 @@ def erase(registry: Registry, selector: Selector, dry_run: bool = False) -> dict
                "dry_run": dry_run, "rows_removed": sum(f.removed for f in files if f.path.endswith(SPLIT_FILES)),
                "files": [{"path": f.path, "removed": f.removed, "kept": f.kept, "crypto_shredded": f.shredded}
                          for f in files],
+               "not_rewritten": sorted(set(not_rewritten)),  # delete the matching rows there yourself
                "row_hashes": sorted(hashes),
                "tainted": {"runs": sorted(run_paths), "model_versions": sorted(labels.values()),
                            "aliases": alias_names}}
@@ -101,15 +106,18 @@ def erase(registry: Registry, selector: Selector, dry_run: bool = False) -> dict
     return receipt
 
 
-def _files_of(path: str | None, origin: str, settings: dict | None) -> list[Path]:
-    """The JSON-lines files that hold a dataset version's rows."""
+def _files_of(path: str | None, origin: str, settings: dict | None) -> tuple[list[Path], list[str]]:
+    """The JSON-lines files that hold a dataset version's rows, and its files in other formats (CSV, Parquet,
+    JSON...), which an erasure cannot rewrite row by row: those that hold the value asked for are named in the
+    receipt instead."""
     if not path:
-        return []
+        return [], []
     folder = Path(path)
     if origin == "prepare" and folder.is_dir():
-        return [folder / name for name in SPLIT_FILES if (folder / name).is_file()]
-    named = [path] + [(settings or {}).get(split) for split in ("val", "test")]
-    return [Path(p) for p in dict.fromkeys(named) if p and Path(p).suffix == ".jsonl" and Path(p).is_file()]
+        return [folder / name for name in SPLIT_FILES if (folder / name).is_file()], []
+    named = [Path(p) for p in dict.fromkeys([path] + [(settings or {}).get(s) for s in ("val", "test")])
+             if p and Path(p).is_file()]
+    return [p for p in named if p.suffix == ".jsonl"], [str(p) for p in named if p.suffix != ".jsonl"]
 
 
 def _runs_that_scored(session, hashes: set[str]) -> set[str]:
@@ -183,6 +191,8 @@ def format_receipt(receipt: dict) -> str:
     lines.append(f"tainted: {len(tainted['runs'])} run(s), model versions {', '.join(tainted['model_versions']) or '-'}"
                  f", aliases {', '.join(tainted['aliases']) or '-'} (tunelab serve refuses them without "
                  "--allow-tainted)")
+    for path in receipt["not_rewritten"]:
+        lines.append(f"  not rewritten (not JSON lines; remove the rows there yourself): {path}")
     if not receipt["dry_run"]:
         lines.append(f"receipt {receipt['erasure']}: {receipt['receipt']} (hashes and counts only)")
     return "\n".join(lines)
