@@ -136,6 +136,10 @@ def cmd_data_erase(args) -> None:
     from tunelab.registry.db import open_registry
     from tunelab.registry.erasure import erase, format_receipt
 
+    if args.user is not None:
+        from tunelab.registry.serving import user_hash  # start-up time, as above
+
+        args.subject = user_hash(args.user)
     selector = Selector.parse(args.subject, args.match)
     receipt = erase(open_registry(args.registry), selector, dry_run=args.dry_run)
     print(json.dumps(receipt, indent=2) if args.json else format_receipt(receipt))
@@ -680,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "logs; mark the runs, models and aliases trained on them as tainted")
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--subject", default=None, metavar="ID", help="the salted user hash the server stores (user_hash)")
+    who.add_argument("--user", default=None, metavar="NAME",
+                     help="the user field clients sent the server; tunelab hashes it with the salt to find the rows")
     who.add_argument("--match", default=None, metavar="FIELD=VALUE",
                      help="rows whose top-level or meta FIELD equals VALUE, e.g. customer_id=C-1042")
     p.add_argument("--dry-run", action="store_true", help="report what would be removed and tainted; change nothing")
@@ -767,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     except TunelabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (tunelab cat FILE | head): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:
         if exc.errno not in STORAGE_ERRORS:
             raise

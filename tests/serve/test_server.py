@@ -139,6 +139,7 @@ def test_adapters_load_and_unload_at_run_time_inside_the_roots_only(served, adap
 def test_keys_are_required_and_roles_enforced(served):
     anonymous = served.http(None)
     assert anonymous.get("/health").status_code == 200
+    assert anonymous.head("/health").status_code == anonymous.head("/ready").status_code == 200  # probes use HEAD
     for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/metrics"),
                          ("GET", "/v1/admin/adapters")]:
         response = anonymous.request(method, path, content=b"{not json")

@@ -117,7 +117,8 @@ class AuthMiddleware:
         path = self._route_path(scope)
         if path is None:  # no such route, or not this method: the router answers 404/405, no handler runs
             return await self.app(scope, receive, send)
-        key = (scope["method"], path)
+        # HEAD is GET without the body (Starlette answers it on every GET route): the same roles apply
+        key = ("GET" if scope["method"] == "HEAD" else scope["method"], path)
         if key not in ROUTE_ROLES:
             return await error_response(403, f"{key[0]} {path} is open to no role")(scope, receive, send)
         roles = ROUTE_ROLES[key]

@@ -24,11 +24,13 @@ def server(request: Request) -> ServerState:
 
 
 @router.get("/health")
+@router.head("/health", include_in_schema=False)  # load balancers probe with HEAD too
 async def health():
     return {"status": "ok"}
 
 
 @router.get("/ready", responses={503: {"description": "the engine has not started yet: {\"status\": \"starting\"}"}})
+@router.head("/ready", include_in_schema=False)
 async def ready(request: Request):
     state = server(request)
     if not state.engine.thread.is_alive():
