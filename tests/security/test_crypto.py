@@ -197,3 +197,22 @@ def test_rotation_killed_at_random_points_loses_nothing(tmp_path, monkeypatch):
     old_env = {**env, "TUNELAB_KEY": old_key.strip()}
     assert not readable_with(data / "f0000.bin", old_env)
     assert readable_with(data / "f0000.bin", env)
+
+
+def test_local_secrets_are_sealed_once_a_master_key_is_set(monkeypatch, tmp_path):
+    from tunelab.paths import tunelab_home
+    from tunelab.security.crypto import is_encrypted_file
+    from tunelab.security.secrets import local_secret
+
+    before = local_secret("audit_key")
+    path = tunelab_home() / "audit_key"
+    assert not is_encrypted_file(path) and (path.stat().st_mode & 0o777) == 0o600
+    monkeypatch.setenv("TUNELAB_KEY", os.urandom(32).hex())
+    assert local_secret("audit_key") == before  # the same secret, now sealed
+    assert is_encrypted_file(path) and (path.stat().st_mode & 0o777) == 0o600
+    assert local_secret("audit_key") == before
+    fresh = local_secret("checkpoint.key")
+    assert is_encrypted_file(tunelab_home() / "checkpoint.key") and len(fresh) == 64
+    monkeypatch.delenv("TUNELAB_KEY")
+    with pytest.raises(TunelabError, match="is encrypted"):
+        local_secret("audit_key")
