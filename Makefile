@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/data_prepare.py
 	$(BIN)/python benchmarks/serve_load.py
+	$(BIN)/python benchmarks/encryption_overhead.py
 
 # Every fine-tuning method side by side on movie sentiment (an estimated 20-30 minutes on 2 CPU cores).
 compare-methods: install

@@ -199,7 +199,7 @@ def test_rotation_killed_at_random_points_loses_nothing(tmp_path, monkeypatch):
     assert readable_with(data / "f0000.bin", env)
 
 
-def test_local_secrets_are_sealed_once_a_master_key_is_set(monkeypatch, tmp_path):
+def test_local_secrets_are_sealed_when_made_with_a_master_key(monkeypatch):
     from tunelab.paths import tunelab_home
     from tunelab.security.crypto import is_encrypted_file
     from tunelab.security.secrets import local_secret
@@ -208,11 +208,11 @@ def test_local_secrets_are_sealed_once_a_master_key_is_set(monkeypatch, tmp_path
     path = tunelab_home() / "audit_key"
     assert not is_encrypted_file(path) and (path.stat().st_mode & 0o777) == 0o600
     monkeypatch.setenv("TUNELAB_KEY", os.urandom(32).hex())
-    assert local_secret("audit_key") == before  # the same secret, now sealed
-    assert is_encrypted_file(path) and (path.stat().st_mode & 0o777) == 0o600
-    assert local_secret("audit_key") == before
+    assert local_secret("audit_key") == before and not is_encrypted_file(path)  # made before: left as it is
     fresh = local_secret("checkpoint.key")
-    assert is_encrypted_file(tunelab_home() / "checkpoint.key") and len(fresh) == 64
+    sealed_path = tunelab_home() / "checkpoint.key"
+    assert is_encrypted_file(sealed_path) and (sealed_path.stat().st_mode & 0o777) == 0o600 and len(fresh) == 64
+    assert local_secret("checkpoint.key") == fresh
     monkeypatch.delenv("TUNELAB_KEY")
     with pytest.raises(TunelabError, match="is encrypted"):
-        local_secret("audit_key")
+        local_secret("checkpoint.key")

@@ -1,7 +1,8 @@
 """Local secrets (the API-key pepper, the user-hash salt, the audit and checkpoint keys): 32 random bytes made on
-first use in ``$TUNELAB_HOME``, owner-only, and sealed under the master key when one is set (one made before
-the key was set is sealed the first time it is read after), so a copied disk without the master key yields no
-key to forge a signature or test a guess against a hash with.
+first use in ``$TUNELAB_HOME``, owner-only, and sealed under the master key when one is set at that moment, so a
+copied disk without the master key yields no key to forge a signature or test a guess against a hash with. One
+made before a key was set stays a plaintext 0600 file: sealing it on some later read would lock out every
+command run without the key (an API key check, a resume) for good.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
-from tunelab.security.crypto import is_encrypted
-from tunelab.security.files import encryption_on, seal, unseal
+from tunelab.security.files import read_bytes, seal
 
 
 def local_secret(filename: str, variable: str | None = None) -> bytes:
@@ -27,23 +27,7 @@ def local_secret(filename: str, variable: str | None = None) -> bytes:
     if not path.exists():
         create_once(path, seal(secrets.token_hex(32).encode()))
     check_private(path)
-    raw = path.read_bytes()
-    if not is_encrypted(raw) and encryption_on():  # made before the master key was set: seal it now
-        _replace_private(path, seal(raw))
-    return unseal(raw, str(path)).decode("utf-8").strip().encode()
-
-
-def _replace_private(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-    try:
-        with open(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return read_bytes(path).decode("utf-8").strip().encode()
 
 
 def create_once(path: Path, data: bytes) -> None:
