@@ -134,7 +134,7 @@ def test_the_admin_route_answers_4xx_and_never_500(tree, tiny_model_dir, monkeyp
     monkeypatch.chdir(tree)
     with running_server(tiny_model_dir, adapter_roots=[tree / "runs"]) as served:
         admin = served.http("admin")
-        for source in escapes(tree):  # json.dumps escapes NUL, control characters and lone surrogates (\\uXXXX)
+        for source in escapes(tree):  # json.dumps escapes NUL, controls and lone surrogates
             response = admin.post("/v1/admin/adapters", content=json.dumps({"name": "d", "source": source}),
                                   headers={"Content-Type": "application/json"})
             assert 400 <= response.status_code < 500, (source, response.status_code, response.text)

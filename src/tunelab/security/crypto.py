@@ -22,6 +22,7 @@ a wrong key, raises :class:`DecryptError`: one line, never plaintext that was no
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Iterator
@@ -196,19 +197,11 @@ class EncryptingWriter:
 
 
 def encrypt(data: bytes, master: MasterKey) -> bytes:
-    out = _Collect()
+    out = io.BytesIO()
     writer = EncryptingWriter(out, master)
     writer.write(data)
     writer.close()
-    return b"".join(out.parts)
-
-
-class _Collect:
-    def __init__(self):
-        self.parts = []
-
-    def write(self, data):
-        self.parts.append(bytes(data))
+    return out.getvalue()
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
@@ -243,17 +236,7 @@ def _tamper_message(where: str, counter: int, last: bool) -> str:
 
 
 def decrypt(blob: bytes, keyring: Keyring, where: str = "data") -> bytes:
-    return b"".join(iter_decrypt(_Reader(blob), keyring, where))
-
-
-class _Reader:
-    def __init__(self, blob: bytes):
-        self.view, self.pos = memoryview(blob), 0
-
-    def read(self, n: int) -> bytes:
-        chunk = bytes(self.view[self.pos:self.pos + n])
-        self.pos += len(chunk)
-        return chunk
+    return b"".join(iter_decrypt(io.BytesIO(blob), keyring, where))
 
 
 # -- rotation ----------------------------------------------------------------------------------------------------
