@@ -28,6 +28,7 @@ LAYERS = [
     ("train", ("tunelab.train",)),
     ("registry", ("tunelab.registry",)),
     ("serve", ("tunelab.serve",)),
+    ("ui", ("tunelab.ui",)),
     ("commands", ("tunelab.sweep", "tunelab.quickstart", "tunelab.cli")),
 ]
 # Inside a layer, sub-layers that must not import their parent layer's other modules either.

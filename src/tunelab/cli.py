@@ -543,6 +543,32 @@ def resolve_run_folder(ref: str, registry_url: str | None) -> str:
         return str(Path(version.artifact_path).parent)
 
 
+def cmd_ui(args) -> None:
+    # start-up time: the web stack loads only for the dashboard
+    from tunelab.ui.app import UiSettings
+    from tunelab.ui.command import run_dashboard
+
+    settings = UiSettings(registry_url=args.registry, runs_root=Path(args.runs_dir),
+                          data_roots=[Path(d) for d in (args.data_dir or ["data"])], server_url=args.server)
+    run_dashboard(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile)
+
+
+def add_ui_parser(sub) -> None:
+    p = sub.add_parser("ui", help="the web dashboard: runs with live curves, compare, datasets, models and "
+                                  "promotion, new runs, playground, blind review, A/B tests and feedback")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="a running tunelab serve (e.g. http://127.0.0.1:8000) for the playground and the A/B page")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="where runs started from the dashboard go")
+    p.add_argument("--data-dir", action="append", default=None, metavar="DIR",
+                   help="folders whose data files the New-run form offers (default: data; repeat for more)")
+    p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
+    registry_option(p, json_output=False)
+    p.set_defaults(func=cmd_ui)
+
+
 def add_serve_parsers(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible server for a base model and many LoRA adapters "
                                      "(batched, authenticated, with feedback, A/B tests and metrics)")
@@ -740,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_augment_parser(data)
     add_registry_parsers(sub)
     add_serve_parsers(sub)
+    add_ui_parser(sub)
     return parser
 
 

@@ -11,10 +11,12 @@ role       may
 inference  list and describe the served models, ask for chat and text completions, rate the answers
            its own key received (``POST /v1/feedback``). What an application needs, nothing more.
 viewer     read-only monitoring: the served models, ``/metrics``, A/B tests and their results, the
-           loaded adapters. No completions and no feedback: a credential left in a dashboard or a
-           scraper spends no compute, reads no model output, and cannot skew an A/B test's feedback.
-trainer    everything inference and viewer may, and change what is served: load and unload adapters,
-           start and end A/B tests. It is the role of whoever ships models, but it cannot touch keys.
+           loaded adapters, and in the dashboard runs, datasets, models and review results. No
+           completions and no feedback: a credential left in a dashboard or a scraper spends no
+           compute, reads no served output, and cannot skew an A/B test's feedback.
+trainer    everything inference and viewer may, and change what is made and served: start runs, promote
+           model versions (through the gate), load and unload adapters, start and end A/B tests, review
+           answers blind. It is the role of whoever ships models, but it cannot touch keys.
 admin      everything, keys included (``/v1/admin/keys``). Managing keys is admin-only because a
            key-maker can mint a key of any role, so it is admin in all but name.
 =========  ======================================================================================
@@ -37,6 +39,10 @@ MONITOR = "monitor"  # /metrics, A/B tests and reports, loaded adapters
 MANAGE_ADAPTERS = "adapters:write"  # load and unload adapters
 MANAGE_AB = "ab:write"  # start and end A/B tests
 MANAGE_KEYS = "keys"  # list, create and revoke API keys
+READ_RUNS = "runs:read"  # the dashboard: runs, curves, predictions, datasets, models, review results
+START_RUNS = "runs:start"  # start a training run (the dashboard's New-run form)
+PROMOTE = "models:promote"  # move an alias through the promotion gate
+REVIEW = "review"  # blind review: judge pairs of answers (stored as preference pairs)
 
 ADMIN, TRAINER, VIEWER, INFERENCE = "admin", "trainer", "viewer", "inference"
 ROLES = (ADMIN, TRAINER, VIEWER, INFERENCE)  # most powerful first
@@ -44,8 +50,8 @@ DEFAULT_ROLE = INFERENCE
 ALIASES = {"user": INFERENCE}  # old name -> role
 
 _INFERENCE = frozenset({READ_MODELS, GENERATE, FEEDBACK})
-_VIEWER = frozenset({READ_MODELS, MONITOR})
-_TRAINER = _INFERENCE | _VIEWER | {MANAGE_ADAPTERS, MANAGE_AB}
+_VIEWER = frozenset({READ_MODELS, MONITOR, READ_RUNS})
+_TRAINER = _INFERENCE | _VIEWER | {MANAGE_ADAPTERS, MANAGE_AB, START_RUNS, PROMOTE, REVIEW}
 PERMISSIONS: dict[str, frozenset[str]] = {
     INFERENCE: _INFERENCE,
     VIEWER: _VIEWER,
@@ -54,8 +60,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 DESCRIPTIONS = {
     ADMIN: "everything, API keys included",
-    TRAINER: "inference and viewer, plus loading adapters and running A/B tests",
-    VIEWER: "read-only monitoring: models, metrics, adapters, A/B results; no completions",
+    TRAINER: "inference and viewer, plus runs, promotion, review, adapters and A/B tests",
+    VIEWER: "read-only: models, metrics, adapters, A/B results, the dashboard; no completions",
     INFERENCE: "calls models (completions) and rates its own answers",
 }
 

@@ -26,10 +26,16 @@ def free_port() -> int:
 @contextmanager
 def server_in_thread(state: ServerState, start_seconds: float = 60) -> Iterator[str]:
     """Run ``state``'s app until the block ends; yields its base URL (``http://127.0.0.1:PORT``)."""
+    with app_in_thread(build_app(state), start_seconds) as url:
+        yield url
+
+
+@contextmanager
+def app_in_thread(app, start_seconds: float = 60) -> Iterator[str]:
+    """Run the ASGI ``app`` under uvicorn on a free loopback port until the block ends; yields its base URL."""
     port = free_port()
     # log_config None: uvicorn keeps this process's logging as it is (no handlers bound to today's stderr)
-    server = uvicorn.Server(uvicorn.Config(build_app(state), host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, name="tunelab-local-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_seconds

@@ -1,0 +1,97 @@
+"""The dashboard's app: its own process (``tunelab ui``) or the ``/ui`` pages of ``tunelab serve --ui``.
+
+Either way it is one set of routes on a FastAPI app, reading the registry and the run folders it
+names, with the same keys and roles as the API (``sessions.py``). Standalone, the playground and
+the A/B page talk to the server at ``--server``; inside ``tunelab serve`` they talk to that server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from tunelab.registry.db import Registry, open_registry
+from tunelab.serve.auth import KeyCheck
+from tunelab.ui.render import STATIC, page
+from tunelab.ui.sessions import Forbidden, LoginRequired, SessionStore, current_session
+
+
+@dataclass
+class UiSettings:
+    registry_url: str | None = None
+    runs_root: Path = Path("runs")  # where runs started from the dashboard are written
+    data_roots: list[Path] = field(default_factory=lambda: [Path("data")])  # what the New-run form offers
+    server_url: str | None = None  # the tunelab serve the playground calls (tunelab ui --server)
+    serves_models: bool = False  # the pages are on the API server itself (tunelab serve --ui)
+    secure_cookies: bool = False  # behind TLS: cookies marked Secure
+
+
+class UiState:
+    """What every dashboard route needs (``request.app.state.ui``)."""
+
+    def __init__(self, settings: UiSettings, registry: Registry | None = None, keys: KeyCheck | None = None):
+        self.settings = settings
+        self.registry = registry or open_registry(settings.registry_url)
+        self.keys = keys or KeyCheck(self.registry)
+        self.sessions = SessionStore(self.keys)
+        self.launcher = None  # the New-run form's runs (new_run.py), made on first use
+
+    def server_url(self, request: Request) -> str | None:
+        """Where the playground sends completions: this very app when it is the API server too, else --server
+        (None: no server to talk to)."""
+        if self.settings.serves_models:
+            return str(request.base_url).rstrip("/")
+        return self.settings.server_url.rstrip("/") if self.settings.server_url else None
+
+
+def wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/ui/api/") or "application/json" in request.headers.get("accept", "")
+
+
+def add_ui(app: FastAPI, state: UiState) -> None:
+    """Mount the dashboard's pages and static files on ``app``."""
+    # imported here: the page modules import this module's UiState for their type hints
+    from tunelab.ui import login, runs_list
+
+    app.state.ui = state
+    app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
+    for module in (login, runs_list):
+        app.include_router(module.router, include_in_schema=False)
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, error: LoginRequired):
+        if wants_json(request) or request.headers.get("hx-request"):
+            headers = {"HX-Redirect": "/ui/login"} if request.headers.get("hx-request") else None
+            return JSONResponse({"error": {"message": "log in again: the session ended", "type": "authentication_error"}},
+                                status_code=401, headers=headers)
+        return RedirectResponse(f"/ui/login?next={request.url.path}", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, error: Forbidden):
+        if wants_json(request):
+            return JSONResponse({"error": {"message": error.message, "type": "permission_error"}}, status_code=403)
+        try:
+            session = await current_session(request)
+        except LoginRequired:
+            session = None
+        return page(request, "error.html", session, status_code=403, title="Not allowed", message=error.message)
+
+
+def build_ui_app(settings: UiSettings) -> FastAPI:
+    """The standalone dashboard (``tunelab ui``)."""
+    app = FastAPI(title="tunelab dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/", include_in_schema=False)
+    async def _home():
+        return RedirectResponse("/ui/", status_code=303)
+
+    @app.get("/health", include_in_schema=False)
+    async def _health():
+        return {"status": "ok"}
+
+    add_ui(app, UiState(settings))
+    return app
