@@ -117,6 +117,27 @@ def test_plot_training_curve(run_dir, tmp_path_factory):
     assert not (empty / "curve.png").exists()
 
 
+def test_training_curve_draws_the_validation_loss_rows(run_dir, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = {}
+
+    def record(fig, *args, **kwargs):
+        drawn.update({line.get_label(): list(line.get_xdata()) for line in fig.axes[0].get_lines()})
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    periodic = [{"step": s, "epoch": s / 50, "val_loss": 1.0 + 1 / s, "tokens": 512 * s} for s in (10, 20, 25)]
+    _write_jsonl(run_dir / "train_log.jsonl", [*periodic[:2], *log, periodic[2]])
+    assert plot_training_curve(run_dir / "train_log.jsonl", run_dir / "curve.png") is True
+    assert drawn["validation loss"] == [10, 20, 25] and drawn["train loss"] == list(range(10, 101, 10))
+
+    drawn.clear()  # an older log: training loss only
+    _write_jsonl(run_dir / "train_log.jsonl", [{"step": s, "loss": 1 / s} for s in (1, 2)])
+    assert plot_training_curve(run_dir / "train_log.jsonl", run_dir / "curve.png") is True
+    assert list(drawn) == ["train loss"]
+
+
 def test_write_report_full_run(run_dir):
     path = write_report(run_dir)
     assert path == run_dir / "report.md"

@@ -263,6 +263,8 @@ def registry_commands():
 
 
 def cmd_runs(args) -> None:
+    if args.runs_command == "export-html":
+        return cmd_export_html(args)
     c = registry_commands()
     if args.runs_command == "list":
         c.runs_list(args.registry, args.status, args.limit, args.json)
@@ -270,6 +272,61 @@ def cmd_runs(args) -> None:
         c.runs_show(args.registry, args.run, args.json)
     else:
         c.runs_compare(args.registry, args.runs, args.json, args.show)
+
+
+def cmd_export_html(args) -> None:
+    # start-up time: the page's templates and assets load only for this command
+    from tunelab.security.files import encryption_on
+    from tunelab.ui.export_html import export_run_html
+
+    written = export_run_html(Path(run_folder_of(args.run, args.registry)), Path(args.out))
+    if encryption_on():
+        print(f"wrote {written}, encrypted at rest under the master key: `tunelab cat {written} > plain.html` gives "
+              "a copy a browser opens")
+    else:
+        print(f"wrote {written} (open it in a browser; it needs no server)")
+
+
+def run_folder_of(ref: str, registry_url: str | None) -> str:
+    """A run folder as given, a registry version's run (NAME@ALIAS, NAME@N), or a recorded run by id or name."""
+    if Path(ref).is_dir() or "@" in ref:
+        return resolve_run_folder(ref, registry_url)
+    # start-up time: the registry (SQLAlchemy) loads only for a registry reference
+    from tunelab.registry.db import open_registry
+    from tunelab.registry.queries import find_run
+
+    with open_registry(registry_url).session() as session:
+        return find_run(session, ref).path
+
+
+def cmd_review(args) -> None:
+    # start-up time: the registry (SQLAlchemy) loads only when a review command runs
+    from tunelab.registry.db import open_registry
+    from tunelab.registry.review import export_preferences, format_results, review_results
+
+    registry = open_registry(args.registry)
+    with registry.session() as session:
+        if args.review_command == "export":
+            count = export_preferences(session, Path(args.out), include_ties=args.include_ties)
+            print(f"wrote {count} preference pairs to {args.out} (prompt, chosen, rejected)")
+            return
+        results = review_results(session)
+    print(json.dumps(results, indent=2) if args.json else format_results(results))
+
+
+def add_review_parser(sub) -> None:
+    review = sub.add_parser("review", help="blind human review (the dashboard's Review page): results, and the "
+                                           "choices as preference pairs").add_subparsers(dest="review_command",
+                                                                                          required=True)
+    p = review.add_parser("results", help="win rate with a 95%% interval for each pair of models reviewed")
+    registry_option(p)
+    p = review.add_parser("export", help="the reviewers' choices as JSON lines {prompt, chosen, rejected} for "
+                                         "preference tuning")
+    p.add_argument("--out", required=True, metavar="FILE.jsonl")
+    p.add_argument("--include-ties", action="store_true", help="also write tied pairs (with \"tie\": true)")
+    registry_option(p, json_output=False)
+    for p in review.choices.values():
+        p.set_defaults(func=cmd_review)
 
 
 def _tags(items: list[str]) -> dict:
@@ -372,6 +429,11 @@ def add_registry_parsers(sub) -> None:
     p.add_argument("runs", nargs="+", help="run folders, ids or names; the first is the reference")
     p.add_argument("--show", type=int, default=10, metavar="N", help="flipped items printed per direction")
     registry_option(p)
+    p = runs.add_parser("export-html", help="one self-contained HTML page of a run (curves, metrics, predictions, "
+                                            "config) that opens from disk with no server and no network")
+    p.add_argument("run", help="run folder, run id or name, or a registry version MODEL@ALIAS / MODEL@N")
+    p.add_argument("--out", required=True, metavar="FILE.html", help="the page to write")
+    registry_option(p, json_output=False)
     for p in runs.choices.values():
         p.set_defaults(func=cmd_runs)
 
@@ -499,7 +561,23 @@ def cmd_serve(args) -> None:
         max_body_bytes=args.max_body_bytes, max_model_len=args.max_model_len, parity_check=args.parity_check,
         allow_tainted=args.allow_tainted,
         limits=Limits(max_tokens=args.max_tokens, max_n=args.max_n, default_max_tokens=min(512, args.max_tokens)))
-    serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.access_log)
+    serve(settings, args.host, args.port, args.ssl_certfile, args.ssl_keyfile, args.access_log,
+          add_pages=dashboard_pages(args.registry, secure=bool(args.ssl_certfile)) if args.ui else None)
+
+
+def dashboard_pages(registry_url: str | None, secure: bool = False):
+    """``tunelab serve --ui``: mounts the dashboard on the API server, with the server's registry and keys; its
+    playground calls this very server. The /ui pages log in with the same API keys (a session cookie)."""
+
+    def add_pages(app, state) -> None:
+        # start-up time: the dashboard's modules load only with --ui
+        from tunelab.serve.auth import KeyCheck
+        from tunelab.ui.app import UiSettings, UiState, add_ui
+
+        settings = UiSettings(registry_url=registry_url, serves_models=True, secure_cookies=secure)
+        add_ui(app, UiState(settings, registry=state.registry, keys=state.keys or KeyCheck(state.registry)))
+
+    return add_pages
 
 
 def cmd_parity(args) -> None:
@@ -598,6 +676,8 @@ def add_serve_parsers(sub) -> None:
                    help="answer a few held-out prompts of each adapter's run through the server and through eval's "
                         "generation when it loads, and refuse an adapter whose answers differ")
     p.add_argument("--access-log", action="store_true", help="log one line per request (off: it costs CPU under load)")
+    p.add_argument("--ui", action="store_true", help="also serve the web dashboard at /ui/ (log in with an API key; "
+                                                     "its playground calls this server)")
     p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     registry_option(p, json_output=False)
@@ -767,6 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_parsers(sub)
     add_serve_parsers(sub)
     add_ui_parser(sub)
+    add_review_parser(sub)
     return parser
 
 

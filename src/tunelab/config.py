@@ -10,7 +10,7 @@ import copy
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -140,6 +140,34 @@ class EarlyStoppingConfig(Section):
                              "end of training, so the saved adapter (or model) is the best one seen.")
 
 
+VAL_LOSS_POINTS = 10  # train.val_loss.every_steps auto: about this many validation points per run
+
+
+class ValidationLossConfig(Section):
+    """train.val_loss: the validation-loss curve logged next to the training loss, to see overfitting."""
+
+    every_steps: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Compute the validation loss every this many optimizer steps, and once more at the "
+        "last step; each point is a val_loss row (with step, epoch and trained tokens) in train_log.jsonl. auto: "
+        f"every ceil(S / {VAL_LOSS_POINTS}) steps, S being the run's optimizer steps, so about {VAL_LOSS_POINTS} "
+        f"points per run (at most {VAL_LOSS_POINTS + 1} with the last step's; every step when S is "
+        f"{VAL_LOSS_POINTS} or less).")
+    max_examples: int = Field(64, gt=0, description="Most validation examples the loss is taken on (val rows; "
+                              "chunks of train.max_length tokens for task pretrain): a seeded subset (data.seed) "
+                              "of the val split, the same at every point, so the points are comparable and each "
+                              "one stays cheap. Runs without val rows log no validation loss. With "
+                              "train.early_stopping on, its own evaluations (on the whole val split, every "
+                              "eval_steps) are the validation curve instead.")
+
+    @field_validator("every_steps", mode="before")
+    @classmethod
+    def _steps_or_auto(cls, value):
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if value != "auto" and not (whole and value > 0):
+            raise ValueError(f"must be a whole number of steps above 0, or auto; got {value!r}")
+        return value
+
+
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 # Tracker -> the modules Trainer can log to it with (the first is also the package to install).
 TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
@@ -184,6 +212,10 @@ class TrainConfig(Section):
     seed: int = 42
     early_stopping: EarlyStoppingConfig | None = Field(
         None, description="Stop when validation loss stops improving, and keep the best weights; null: off.")
+    val_loss: ValidationLossConfig | None = Field(
+        default_factory=ValidationLossConfig, description="Log the validation loss at intervals during training "
+        "(val_loss rows in train_log.jsonl, drawn in training_curve.png next to the training loss), on a capped, "
+        "fixed subset of the val split, to see overfitting as it happens; null: off.")
     report_to: list[Tracker] = Field(
         [], description="Experiment trackers Trainer also logs to, next to train_log.jsonl (which is always "
         "written), in every task: tensorboard (event files in <run folder>/tensorboard/), mlflow (to "
@@ -444,9 +476,10 @@ class SweepConfig(Section):
                                                        "metric is better.")
     trials: int = Field(20, gt=0, description="Trials one `tunelab sweep` call runs (--trials overrides); calling "
                         "it again adds trials to the same study.")
-    pruning: bool = Field(True, description="Stop a trial whose logged loss (validation loss where logged, "
-                          "else training loss) is worse than the median of earlier trials at the same step "
-                          "(optuna MedianPruner).")
+    pruning: bool = Field(True, description="Stop a trial whose logged loss (train.early_stopping's validation "
+                          "loss where it evaluates, else training loss; not train.val_loss's curve, whose steps "
+                          "depend on each trial's length) is worse than the median of earlier trials at the same "
+                          "step (optuna MedianPruner).")
     pruning_startup_trials: int = Field(5, ge=0, description="Trials that finish before any trial is pruned.")
     pruning_warmup_steps: int = Field(0, ge=0, description="Steps of every trial that are never pruned.")
     storage: str | None = Field(None, description="Database URL of the study (e.g. postgresql://user@host/db) so "

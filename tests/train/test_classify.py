@@ -51,6 +51,9 @@ def test_head_trains_and_is_evaluated(request, tmp_path, sentiment_file, case):
     losses = [row["loss"] for row in log if "loss" in row]
     assert losses[-1] < losses[0]
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    steps = metrics["train"]["steps"]
+    every = -(-steps // 10)  # train.val_loss by default: every ceil(steps / 10) steps (16 or 60: the last is one)
+    assert [row["step"] for row in log if "val_loss" in row] == list(range(every, steps + 1, every))
 
     test_rows = metrics["data"]["test"]
     for arm in ("base", "tuned"):

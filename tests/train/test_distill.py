@@ -290,8 +290,10 @@ def test_distill_from_a_run_folder_through_the_cli(tmp_path, teacher_dir, tiny_t
     assert metrics["train"]["alpha"] == 0.7 and metrics["train"]["temperature"] == 2.0
     assert metrics["train"]["teacher"] == str(teacher_run) and metrics["train"]["student_layers"] == 2
     assert metrics["train"]["total_params"] < metrics["train"]["teacher_params"]
-    losses = [row["loss"] for row in map(json.loads, (student_run / "train_log.jsonl").open()) if "loss" in row]
+    log = [json.loads(line) for line in (student_run / "train_log.jsonl").open()]
+    losses = [row["loss"] for row in log if "loss" in row]
     assert losses[-1] < losses[0]
+    assert [row["step"] for row in log if "val_loss" in row] == list(range(2, 13, 2))  # train.val_loss by default
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     rows = [json.loads(line) for line in (student_run / "predictions.jsonl").open()]
     assert {"base_prediction", "tuned_prediction", "teacher_prediction"} <= set(rows[0])

@@ -28,6 +28,8 @@ def test_pretrain_lowers_heldout_perplexity(tmp_path, tiny_model_dir, text_file)
     assert metrics["tuned"]["perplexity"] < metrics["base"]["perplexity"]
     assert metrics["train"]["chunks"] > len(SENTENCES)  # documents longer than max_length were chunked
     assert (tmp_path / "pt" / "report.md").exists()
+    log = [json.loads(line) for line in (tmp_path / "pt" / "train_log.jsonl").open()]
+    assert [row["step"] for row in log if "val_loss" in row] == [2, 4, 6, 8, 10, 12, 14, 15]  # by default
 
 
 def test_sft_on_raw_text_points_to_pretrain(tmp_path, tiny_model_dir, text_file, capsys):

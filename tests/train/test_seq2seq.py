@@ -54,10 +54,12 @@ def test_trains_and_compares_base_with_tuned(tmp_path, tiny_t5_dir, sentiment_fi
     metrics = run_seq2seq(config)
     run_dir = tmp_path / "runs" / case
 
-    losses = [row["loss"] for row in map(json.loads, (run_dir / "train_log.jsonl").open()) if "loss" in row]
+    log = [json.loads(line) for line in (run_dir / "train_log.jsonl").open()]
+    losses = [row["loss"] for row in log if "loss" in row]
     assert losses[-1] < losses[0]
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     assert metrics["train"]["steps"] == 12 and metrics["train"]["tokens"] > 0
+    assert [row["step"] for row in log if "val_loss" in row] == list(range(2, 13, 2))  # train.val_loss by default
     for arm in ("base", "tuned"):
         assert set(metrics[arm]) == expected_metrics
     if "confusion_matrix" in expected_metrics:

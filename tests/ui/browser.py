@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from urllib.parse import quote
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def screenshot(page, name: str) -> Path:
 
 
 def log_in(page, url: str, key: str, then: str = "/ui/") -> None:
-    page.goto(f"{url}/ui/login?next={then}")
+    page.goto(f"{url}/ui/login?next={quote(then, safe='/')}")
     page.fill("#key", key)
     page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")

@@ -51,9 +51,9 @@ def two_runs(root: Path) -> dict[str, Path]:
     items = eval_items(24)
     first = [i % 12 < 7 for i in range(24)]  # 14 right
     second = [2 <= i % 12 <= 10 for i in range(24)]  # 18 right: 4 items lost, 8 gained
-    runs = {"baseline": fake_run(root, "baseline-lora", first, items, base_correct=[i % 3 == 0 for i in range(24)],
-                                 steps=40),
-            "wider": fake_run(root, "wider-lora", second, items, base_correct=[i % 3 == 0 for i in range(24)], steps=40)}
+    base = [i % 3 == 0 for i in range(24)]
+    runs = {"baseline": fake_run(root, "baseline-lora", first, items, base_correct=base, steps=40),
+            "wider": fake_run(root, "wider-lora", second, items, base_correct=base, steps=40)}
     with_curves(runs["baseline"], 40, 1.0)
     with_curves(runs["wider"], 40, 0.8)
     return runs

@@ -55,7 +55,7 @@ def build_card(session: Session, version: ModelVersion) -> CardData:
         base_model=EMBEDDED_HUB_IDS.get(str(run.base_model), str(run.base_model)),
         method=str(run.method), license=EMBEDDED_LICENSES.get(str(run.base_model)), run_name=run.name, run_id=run.id,
         created=version.created.isoformat(), intended_use="", datasets=_datasets(session, run),
-        hyperparameters=_hyperparameters(config), metrics=_metrics(run, tuned_items, base_items),
+        hyperparameters=hyperparameters(config), metrics=_metrics(run, tuned_items, base_items),
         eval_examples=len(tuned_items), slices=_slices(folder, config, tuned_items, base_items),
         failures=_failures(folder, tuned_items), compute=_compute(run), gate=version.last_gate, limitations=[],
         tags=[str(k) if v in (None, "", True) else f"{k}:{v}" for k, v in (version.tags or {}).items()])
@@ -89,7 +89,8 @@ def _datasets(session: Session, run: Run) -> list[dict]:
     return out
 
 
-def _hyperparameters(config: dict) -> dict:
+def hyperparameters(config: dict) -> dict:
+    """The settings people look for first (SHOWN_SETTINGS), with the method's own section."""
     flat = flatten(config)
     shown = {key: flat[key] for key in SHOWN_SETTINGS if flat.get(key) is not None}
     section = METHOD_SECTIONS.get(str(config.get("method")))

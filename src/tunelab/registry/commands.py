@@ -136,7 +136,19 @@ def format_comparison(result: dict, shown: int = MAX_FLIPS_SHOWN) -> str:
 # ---- models
 
 def models_register(url: str | None, run_ref: str, name: str, tags: dict, as_json: bool) -> None:
-    registry = open_registry(url)
+    result = register_recorded(open_registry(url), run_ref, name, tags)
+    text = (f"registered {name} v{result['version']} from run {result['run']} ({result['run_id']})"
+            if result["created"] else f"run {result['run']} already is {name} v{result['version']}")
+    emit(result, f"{text}\n  weights {result['artifact']} (sha256 {result['artifact_sha256'][:12]})\n"
+                 f"  card    {result['card']}", as_json)
+
+
+def register_recorded(registry, run_ref: str, name: str, tags: dict | None = None,
+                      actor: str | None = None) -> dict:
+    """The registry's ``register`` (a finished run as a new version of ``name``, or its existing one), the model
+    card written (MODEL_CARD.md beside the weights and into the registry), then the ``models.register`` audit
+    entry by ``actor`` (default the local user). ``tunelab models register`` and the dashboard's Run page both
+    go through here."""
     with registry.session() as session:
         version, created = register(session, run_ref, name, tags)
         card = write_card(session, version)
@@ -144,12 +156,9 @@ def models_register(url: str | None, run_ref: str, name: str, tags: dict, as_jso
         result = {"name": name, "version": version.version, "created": created, "run": run.name,
                   "run_id": run.id, "artifact": version.artifact_path, "artifact_sha256": version.artifact_sha256,
                   "card": str(card)}
-    record("models.register", registry=registry, model=name, version=result["version"], run=result["run_id"],
+    record("models.register", actor, registry=registry, model=name, version=result["version"], run=result["run_id"],
            artifact_sha256=result["artifact_sha256"], created=created)
-    text = (f"registered {name} v{result['version']} from run {result['run']} ({result['run_id']})"
-            if created else f"run {result['run']} already is {name} v{result['version']}")
-    emit(result, f"{text}\n  weights {result['artifact']} (sha256 {result['artifact_sha256'][:12]})\n"
-                 f"  card    {result['card']}", as_json)
+    return result
 
 
 def models_list(url: str | None, as_json: bool) -> None:
@@ -196,7 +205,18 @@ def _gate_word(gate: dict | None) -> str:
 def models_promote(url: str | None, name: str, version: int, alias: str, gate: str, margin: float,
                    eval_set: str | None, force: bool, reason: str | None, as_json: bool, metric: str | None = None,
                    ) -> None:
-    registry = open_registry(url)
+    result = promote_recorded(open_registry(url), name, version, alias, gate, margin, eval_set, force, reason,
+                              metric)
+    verb = "promoted (forced)" if result.get("forced") else "promoted"
+    emit(result, f"{verb}: {name}@{alias} -> v{version}\n{result['message']}", as_json)
+
+
+def promote_recorded(registry, name: str, version: int, alias: str = "production", gate: str = "better",
+                     margin: float = 0.0, eval_set: str | None = None, force: bool = False, reason: str | None = None,
+                     metric: str | None = None, actor: str | None = None) -> dict:
+    """The gate's ``promote``, then, whatever its outcome, the version's card refreshed (it shows the last gate
+    result, refusals included) and the ``models.promote`` audit entry by ``actor`` (default the local user).
+    ``tunelab models promote`` and the dashboard's Promote button both go through here."""
     result = {}
     try:
         result = promote(registry, name, version, alias, gate, margin, eval_set, force, reason, metric)
@@ -206,10 +226,9 @@ def models_promote(url: str | None, name: str, version: int, alias: str, gate: s
         except TunelabError:
             pass  # no such model or version: promote's own error says so
         outcome = ("forced" if result.get("forced") else "promoted") if result else "not promoted"
-        record("models.promote", registry=registry, checkpoint=True, model=name, version=version, alias=alias,
+        record("models.promote", actor, registry=registry, checkpoint=True, model=name, version=version, alias=alias,
                gate=gate, outcome=outcome, eval_set=(result.get("gate") or {}).get("eval_set"))
-    verb = "promoted (forced)" if result.get("forced") else "promoted"
-    emit(result, f"{verb}: {name}@{alias} -> v{version}\n{result['message']}", as_json)
+    return result
 
 
 def _refresh_card(registry, name: str, version: int) -> None:

@@ -97,6 +97,9 @@ def register(session: Session, run_ref: str, name: str, tags: dict | None = None
     run under the same name again returns its existing version. Returns (version, created)."""
     check_name(name)
     run = find_run(session, run_ref)
+    if run.tainted:
+        raise TunelabError(f"run {run.name} ({run.id}) is tainted: it learned from rows that erasure {run.tainted} "
+                           f"removed; retrain it without them before registering it")
     status, reason = effective_status(run)
     if status != "finished":
         raise TunelabError(f"run {run.name} ({run.id}) is {status}{f' ({reason})' if reason else ''}; only a finished "

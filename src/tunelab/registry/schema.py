@@ -4,8 +4,9 @@ that the migrations and these models agree.
 The run folder stays the source of artifacts: the registry indexes runs, their metric series,
 artifact checksums, datasets with per-row hashes, evaluations with per-item results, and named models
 with versions and aliases. It never copies weights. The server adds what it answered, the feedback on
-those answers, and its A/B tests. Columns typed Sealed* hold user content and are encrypted when a master
-key is set (``sealed.py``).
+those answers, and its A/B tests. Blind human review (``review.py``) adds its pairs of answers and the
+preferences given. Columns typed Sealed* hold user content and are encrypted when a master key is set
+(``sealed.py``).
 """
 
 from __future__ import annotations
@@ -276,3 +277,40 @@ class Erasure(Base):
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     selector: Mapped[str] = mapped_column(String(64))  # sha256 of kind:field=value
     receipt: Mapped[dict] = mapped_column(JSON)
+
+
+class ReviewPair(Base):
+    """One blind review task: two models' answers to one held-out prompt, shown in a random order (``left`` names
+    the side shown on the left). The id is random, so a reviewer cannot guess other pairs."""
+
+    __tablename__ = "review_pairs"
+    __table_args__ = (Index("ix_review_pairs_models", "first_model", "second_model"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    first_model: Mapped[str] = mapped_column(String(200))  # run:<id>, base:<model> or name@version
+    second_model: Mapped[str] = mapped_column(String(200))
+    item_hash: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(SealedText)
+    first_answer: Mapped[str] = mapped_column(SealedText)
+    second_answer: Mapped[str] = mapped_column(SealedText)
+    left: Mapped[str] = mapped_column(String(8))  # first or second: the side shown on the left
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    reviewer: Mapped[str | None] = mapped_column(String(200))  # the key id (or name) it was handed to
+    decided: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewPreference(Base):
+    """A reviewer's choice on a review pair, resolved to the side it preferred: a preference pair (prompt, chosen,
+    rejected) for preference tuning. On a tie, chosen and rejected hold the first and second answers."""
+
+    __tablename__ = "review_preferences"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pair_id: Mapped[str] = mapped_column(ForeignKey("review_pairs.id", ondelete="CASCADE"), index=True, unique=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    choice: Mapped[str] = mapped_column(String(8))  # left, right or tie, as shown
+    winner: Mapped[str] = mapped_column(String(8))  # first, second or tie
+    first_model: Mapped[str] = mapped_column(String(200))
+    second_model: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(SealedText)
+    chosen: Mapped[str] = mapped_column(SealedText)
+    rejected: Mapped[str] = mapped_column(SealedText)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)

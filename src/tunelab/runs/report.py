@@ -26,7 +26,10 @@ def _is_number(value) -> bool:
 
 
 def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
-    """Plot training loss (and eval and validation loss) against step; False if there is nothing to plot."""
+    """Plot training loss (and eval and validation loss) against step; False if there is nothing to plot.
+
+    Validation loss comes from the val_loss rows: the periodic validation curve (train.val_loss) or early
+    stopping's evaluations; logs without them (older runs) plot the training loss alone."""
     rows = read_jsonl(Path(log_path))
     train = [(r["step"], r["loss"]) for r in rows if "step" in r and _is_number(r.get("loss"))]
     if not train:
@@ -47,8 +50,8 @@ def plot_training_curve(log_path: str | Path, png_path: str | Path) -> bool:
     ax.plot(*zip(*train), label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o", label="eval loss")
-    if vals:  # early stopping's validation loss
-        ax.plot(*zip(*vals), "s-", label="val loss")
+    if vals:
+        ax.plot(*zip(*vals), "s-", markersize=4, label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import ssl
 import sys
+from collections.abc import Callable
 
 import uvicorn
+from fastapi import FastAPI
 
 from tunelab.errors import TunelabError
 from tunelab.registry.serving import parse_arms
@@ -35,7 +37,10 @@ def parse_ab(text: str) -> tuple[str, dict[str, float]]:
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ssl_certfile: str | None = None,
-          ssl_keyfile: str | None = None, access_log: bool = False) -> None:
+          ssl_keyfile: str | None = None, access_log: bool = False,
+          add_pages: Callable[[FastAPI, ServerState], None] | None = None) -> None:
+    """Load the models and serve them. ``add_pages`` mounts more routes on the app (``tunelab serve --ui``:
+    the dashboard, a layer above this one, so the command line passes it in)."""
     check_tls(ssl_certfile, ssl_keyfile)
     if not settings.auth:
         warn_no_auth(host)
@@ -48,7 +53,11 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ss
     scheme = "https" if ssl_certfile else "http"
     auth = "auth on: make a key with tunelab keys create NAME" if settings.auth else "NO AUTH"
     print(f"serving {names} at {scheme}://{host}:{port}/v1 ({auth})", file=sys.stderr, flush=True)
-    uvicorn.run(build_app(state), host=host, port=port, log_level="info", access_log=access_log,
+    app = build_app(state)
+    if add_pages is not None:
+        add_pages(app, state)
+        print(f"dashboard at {scheme}://{host}:{port}/ui/ (log in with an API key)", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log,
                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10)
 
 

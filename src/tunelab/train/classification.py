@@ -37,6 +37,7 @@ from tunelab.train.distill_labels import LabelDistillationLoss, distills_labels,
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.fit import SealedTrainer, finish_run, fit_padded
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
+from tunelab.train.validation_curve import ValidationCurve
 
 
 class ClassWeightedLoss:
@@ -127,8 +128,12 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     test_features = encode(tokenizer, test, label2id, length, inputs)
     sources = [source_of(r) for r in test] if splits.mixing else None  # data.mix: metrics per source too
     val_features = encode(tokenizer, cap_examples(splits.val, config), label2id, length, inputs)
-    stopper = EarlyStopping.from_config(config, val_features, tokenizer.pad_token_id, run.run_dir,
-                                        lambda model, val: heldout_loss(model, tokenizer, val, config.eval.batch_size))
+
+    def val_loss(model, val):  # mean cross-entropy of the head
+        return heldout_loss(model, tokenizer, val, config.eval.batch_size)
+
+    stopper = EarlyStopping.from_config(config, val_features, tokenizer.pad_token_id, run.run_dir, val_loss)
+    curve = ValidationCurve.from_config(config, val_features, tokenizer.pad_token_id, run.run_dir, val_loss)
     model, counts = with_method(run.model, config, task_type="SEQ_CLS")
     for param in model.parameters():  # a bf16 base still trains its adapters and head in fp32
         if param.requires_grad and param.dtype != torch.float32:
@@ -143,7 +148,7 @@ def run_classification(config: RunConfig, resume: bool = False, overwrite: bool 
     # ---- train
     train_metrics = fit_padded(model, tokenizer, features, DataCollatorWithPadding(tokenizer), ClassifierTrainer,
                                loss_fn, config, run.folder, resume,
-                               [*callbacks, stopper] if stopper else callbacks) | counts
+                               [*callbacks, *(c for c in (stopper, curve) if c)]) | counts
     if stopper:  # the best weights are back in the model
         train_metrics |= stopper.summary()
 

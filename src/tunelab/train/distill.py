@@ -198,7 +198,7 @@ def run_distill(config: RunConfig, resume: bool = False, overwrite: bool = False
 
     # ---- train
     train_metrics = fit(model, tokenizer, data.examples, config, run.folder, resume,
-                        [*callbacks, data.stopper] if data.stopper else callbacks, loss_fn=loss)
+                        [*callbacks, *data.validation], loss_fn=loss)
     if data.stopper:
         train_metrics |= data.stopper.summary()
     train_metrics |= {"examples": len(data.examples), **counts, "teacher": distill.teacher, "alpha": distill.alpha,

@@ -162,23 +162,47 @@ class LossInBarProgress(ProgressCallback):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Append every logged step to train_log.jsonl with trained tokens and elapsed seconds."""
+    """Append every logged step to train_log.jsonl with trained tokens (training and validation loss rows)
+    and elapsed seconds (training rows).
+
+    ``tokens_per_step`` are the tokens of each optimizer step, in order; a list shorter than the run
+    (one epoch of ``fit_padded``) repeats.
+    """
 
     def __init__(self, path: Path, tokens_per_step: list[int]):
         self.path = path
         self.tokens_per_step = tokens_per_step
         self.started = time.perf_counter()
 
+    def tokens_until(self, step: int) -> int:
+        """Tokens trained in steps 1 to ``step``."""
+        per_step, n = self.tokens_per_step, len(self.tokens_per_step)
+        if not n:
+            return 0
+        rounds, rest = divmod(step, n)
+        return rounds * sum(per_step) + sum(per_step[:rest])
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
         row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        if "loss" in row or "val_loss" in row:
+            row["tokens"] = self.tokens_until(state.global_step)
         if "loss" in row:
-            row["tokens"] = sum(self.tokens_per_step[:state.global_step])
             row["elapsed"] = round(time.perf_counter() - self.started, 2)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def with_train_log(path: Path, tokens_per_step: list[int], callbacks) -> list[TrainerCallback]:
+    """The run's JsonlLogCallback, then ``callbacks``. Those that write validation-loss rows through a
+    JsonlLogCallback of their own (``callback.log``: early stopping, the validation curve) count trained
+    tokens with the same ``tokens_per_step``, so every row of a step has the same tokens."""
+    for callback in callbacks:
+        if isinstance(getattr(callback, "log", None), JsonlLogCallback):
+            callback.log.tokens_per_step = tokens_per_step
+    return [JsonlLogCallback(path, tokens_per_step), *callbacks]
 
 
 def micro_batch_plan(batch_size: int, max_length: int, micro_batch_tokens: int) -> tuple[int, int]:
@@ -279,7 +303,7 @@ def fit(model, tokenizer, examples: list[Encoded], config: RunConfig, folder: Ru
                                     total_steps=total_steps),
             train_dataset=plan.micro_batches,
             data_collator=collate,
-            callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
+            callbacks=with_train_log(folder.train_log_path, tokens_per_step, callbacks),
             loss_fn=loss_fn,
             train_sampler=StepSampler(plan, t.seed, shuffle),
         )
@@ -314,7 +338,7 @@ def fit_padded(model, tokenizer, features: list[dict], collator, trainer_class: 
             train_dataset=features,
             data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[JsonlLogCallback(folder.train_log_path, tokens_per_step), *callbacks],
+            callbacks=with_train_log(folder.train_log_path, tokens_per_step, callbacks),
             loss_fn=loss_fn,
         )
         figures = train_and_measure(trainer, folder, resume, tokens_per_step, total_steps) | {"examples": len(features)}
@@ -360,7 +384,8 @@ def train_and_measure(trainer: Trainer, folder: RunFolder, resume: bool, tokens_
 
 
 def forget_logged_steps_after(log_path: Path, step: int) -> None:
-    """Drop train_log.jsonl rows past ``step``: a resumed run trains those steps again and logs them anew."""
+    """Drop train_log.jsonl rows past ``step`` (training and validation loss alike): a resumed run trains
+    those steps again and logs them anew."""
     rows = read_jsonl(log_path)
     kept = [row for row in rows if row.get("step", 0) <= step]
     if len(kept) < len(rows):

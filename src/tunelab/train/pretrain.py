@@ -17,6 +17,7 @@ from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.fit import finish_run, fit
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
 from tunelab.train.sft import evaluate_base_and_tuned
+from tunelab.train.validation_curve import ValidationCurve
 
 
 def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = False, callbacks=()) -> dict:
@@ -33,13 +34,14 @@ def run_pretrain(config: RunConfig, resume: bool = False, overwrite: bool = Fals
     eval_task = build_eval_task(tokenizer, [], heldout, "text", None, config.data.label_prompt, None, length)
     val_chunks = [c for r in run.splits.val for c in encode_text(tokenizer, r.text, length)]
     stopper = EarlyStopping.from_config(config, val_chunks, tokenizer.pad_token_id, run.run_dir)
+    curve = ValidationCurve.from_config(config, val_chunks, tokenizer.pad_token_id, run.run_dir)
     if forgetting:
         forgetting.measure_base(run.model, tokenizer)
     model, counts = with_method(run.model, config)
 
     # ---- train
     train_metrics = fit(model, tokenizer, chunks, config, run.folder, resume,
-                        [*callbacks, stopper] if stopper else callbacks) | {"chunks": len(chunks), **counts}
+                        [*callbacks, *(c for c in (stopper, curve) if c)]) | {"chunks": len(chunks), **counts}
     if stopper:
         train_metrics |= stopper.summary()
 

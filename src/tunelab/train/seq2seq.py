@@ -34,6 +34,7 @@ from tunelab.modeling.precision import autocast_like
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.fit import AnswerLossTrainer, finish_run, fit_padded
 from tunelab.train.setup import cap_examples, start_run, with_method, write_data_summary
+from tunelab.train.validation_curve import ValidationCurve
 
 
 def validation_loss(model, tokenizer, examples, batch_size: int) -> float:
@@ -68,9 +69,12 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     task = seq2seq_eval_task(tokenizer, test, heldout, splits.kind, choices, config)
     val = [e for e in encode_pairs(tokenizer, pairs_of(cap_examples(splits.val, config), choices, config), length)
            if e.labels]
-    stopper = EarlyStopping.from_config(config, val, tokenizer.pad_token_id, run.run_dir,
-                                        lambda model, val: validation_loss(model, tokenizer, val,
-                                                                           config.eval.batch_size))
+
+    def val_loss(model, val):  # teacher-forced target loss per target token
+        return validation_loss(model, tokenizer, val, config.eval.batch_size)
+
+    stopper = EarlyStopping.from_config(config, val, tokenizer.pad_token_id, run.run_dir, val_loss)
+    curve = ValidationCurve.from_config(config, val, tokenizer.pad_token_id, run.run_dir, val_loss)
     model, counts = with_method(run.model, config, task_type="SEQ_2_SEQ_LM")
     for param in model.parameters():  # a bf16 base still trains its adapters in fp32
         if param.requires_grad and param.dtype != torch.float32:
@@ -79,7 +83,7 @@ def run_seq2seq(config: RunConfig, resume: bool = False, overwrite: bool = False
     # ---- train, then save the adapter (or the whole model) with its tokenizer
     train_metrics = fit_padded(model, tokenizer, [as_feature(e) for e in examples], collator(tokenizer, model),
                                AnswerLossTrainer, target_loss_sum, config, run.folder, resume,
-                               [*callbacks, stopper] if stopper else callbacks) | counts
+                               [*callbacks, *(c for c in (stopper, curve) if c)]) | counts
     if stopper:  # the best weights are back in the model
         train_metrics |= stopper.summary()
 

@@ -22,6 +22,7 @@ from tunelab.modeling.load import load_causal_lm
 from tunelab.train.early_stopping import EarlyStopping
 from tunelab.train.fit import finish_run, fit
 from tunelab.train.setup import Started, cap_examples, start_run, with_method, write_data_summary
+from tunelab.train.validation_curve import ValidationCurve
 
 
 def encode_train(tokenizer, splits: Splits, choices, config: RunConfig):
@@ -44,6 +45,12 @@ class AnswerData:
     val: list
     eval_task: object
     stopper: EarlyStopping | None
+    curve: ValidationCurve | None  # the periodic val_loss rows, when early stopping is off
+
+    @property
+    def validation(self) -> list:
+        """The validation callbacks to train with: early stopping, or the validation curve, or none."""
+        return [callback for callback in (self.stopper, self.curve) if callback]
 
 
 def prepare_answer_data(run: Started, config: RunConfig) -> AnswerData:
@@ -55,8 +62,10 @@ def prepare_answer_data(run: Started, config: RunConfig) -> AnswerData:
     eval_task = build_eval_task(tokenizer, test, val, splits.kind, choices, config.data.label_prompt,
                                 config.data.system_prompt, config.train.max_length)
     # eval_task.heldout is the encoded val split when there is one (else the test split: never stop on test)
-    stopper = EarlyStopping.from_config(config, eval_task.heldout if val else [], tokenizer.pad_token_id, run.run_dir)
-    return AnswerData(data_summary, examples, test, val, eval_task, stopper)
+    heldout = eval_task.heldout if val else []
+    stopper = EarlyStopping.from_config(config, heldout, tokenizer.pad_token_id, run.run_dir)
+    curve = ValidationCurve.from_config(config, heldout, tokenizer.pad_token_id, run.run_dir)
+    return AnswerData(data_summary, examples, test, val, eval_task, stopper, curve)
 
 
 def evaluate_base_and_tuned(model, tokenizer, eval_task: EvalTask, test: list[Record], heldout: list[Record],
@@ -90,7 +99,7 @@ def run_sft(config: RunConfig, resume: bool = False, overwrite: bool = False, ca
 
     # ---- train
     train_metrics = fit(model, run.tokenizer, data.examples, config, run.folder, resume,
-                        [*callbacks, data.stopper] if data.stopper else callbacks)
+                        [*callbacks, *data.validation])
     train_metrics |= {"examples": len(data.examples), **counts}
     if data.stopper:
         train_metrics |= data.stopper.summary()

@@ -43,8 +43,9 @@ class UiState:
     def server_url(self, request: Request) -> str | None:
         """Where the playground sends completions: this very app when it is the API server too, else --server
         (None: no server to talk to)."""
-        if self.settings.serves_models:
-            return str(request.base_url).rstrip("/")
+        if self.settings.serves_models:  # the address this connection came in on, not the client's Host header
+            host, port = request.scope["server"]
+            return f"{request.url.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
         return self.settings.server_url.rstrip("/") if self.settings.server_url else None
 
 
@@ -55,19 +56,19 @@ def wants_json(request: Request) -> bool:
 def add_ui(app: FastAPI, state: UiState) -> None:
     """Mount the dashboard's pages and static files on ``app``."""
     # imported here: the page modules import this module's UiState for their type hints
-    from tunelab.ui import login, runs_list
+    from tunelab.ui import compare, datasets, login, models, new_run, playground, review, run_detail, runs_list, serving
 
     app.state.ui = state
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
-    for module in (login, runs_list):
+    for module in (login, runs_list, run_detail, compare, datasets, models, new_run, playground, review, serving):
         app.include_router(module.router, include_in_schema=False)
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, error: LoginRequired):
         if wants_json(request) or request.headers.get("hx-request"):
             headers = {"HX-Redirect": "/ui/login"} if request.headers.get("hx-request") else None
-            return JSONResponse({"error": {"message": "log in again: the session ended", "type": "authentication_error"}},
-                                status_code=401, headers=headers)
+            body = {"error": {"message": "log in again: the session ended", "type": "authentication_error"}}
+            return JSONResponse(body, status_code=401, headers=headers)
         return RedirectResponse(f"/ui/login?next={request.url.path}", status_code=303)
 
     @app.exception_handler(Forbidden)

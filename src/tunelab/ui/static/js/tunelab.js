@@ -92,7 +92,8 @@
         width: Math.max(320, el.clientWidth || 640), height: opts.height, series,
         scales: {x: {time: false}, y: opts.log ? {distr: 3} : {}},
         axes: [{label: X_LABELS[opts.x] || opts.x, stroke: "#687082", grid: {stroke: "#eef0f4"}},
-               {label: opts.y, stroke: "#687082", grid: {stroke: "#eef0f4"}, size: 60}],
+               {label: opts.y, stroke: "#687082", grid: {stroke: "#eef0f4"}, size: 60,
+                values: (u, splits) => splits.map(v => (v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(1).replace(".0e", "e") : v))}],
         cursor: {drag: {x: true, y: false}},
       }, data, el);
     }
