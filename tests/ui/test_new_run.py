@@ -207,7 +207,8 @@ def fill_tiny_run(page, model_dir: Path, data_file: Path, run_name: str) -> None
     page.fill("#in-model", str(model_dir))
     page.select_option("#data-source", str(data_file))
     page.fill("#in-run_name", run_name)
-    for key, value in {"train.max_steps": "30", "train.batch_size": "4", "lora.r": "4"}.items():
+    # 800 steps of the tiny model (about 10 s on an idle machine), so the run is still training when its page opens
+    for key, value in {"train.max_steps": "800", "train.batch_size": "4", "lora.r": "4"}.items():
         page.fill(f'[id="in-{key}"]', value)
     open_section(page, "train")
     for key, value in {"train.logging_steps": "1", "train.max_length": "64"}.items():

@@ -87,6 +87,13 @@ def _token_counter(tokenizer):
     return (lambda text: len(tokenizer.encode(text))), "tokens", f"tokens of the {name} tokenizer"
 
 
+def split_lengths(folder: str | Path) -> dict[str, array]:
+    """Every row's length (words and punctuation marks, as report.md counts without a tokenizer) per split of
+    the prepared ``folder``: what the dashboard's length histogram draws."""
+    count, _, _ = _token_counter(None)
+    return _read_splits(Path(folder), count)[0]
+
+
 def _read_splits(out: Path, count) -> tuple[dict[str, array], dict[str, list[Example]]]:
     """Every row's length per split, and the EXTREMES longest and shortest examples over all splits
     (ties go to the earlier split and line)."""

@@ -127,7 +127,7 @@ class AuthMiddleware:
         principal = Principal(None, ADMIN, NO_AUTH) if self.keys is None else await self._principal(scope)
         if principal is None:
             response = error_response(401, "missing or invalid API key: send 'Authorization: Bearer tl-...' "
-                                           "(tunelab keys create NAME)", code="invalid_api_key",
+                                           "(tunelab keys create --name NAME)", code="invalid_api_key",
                                       headers={"WWW-Authenticate": "Bearer"})
             return await response(scope, receive, send)
         if principal.role not in roles:

@@ -51,7 +51,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, ss
     state = ServerState(settings)
     names = ", ".join(state.pool.served) + "".join(f", {t} (A/B)" for t in state.ab_tests)
     scheme = "https" if ssl_certfile else "http"
-    auth = "auth on: make a key with tunelab keys create NAME" if settings.auth else "NO AUTH"
+    auth = "auth on: make a key with tunelab keys create --name NAME" if settings.auth else "NO AUTH"
     print(f"serving {names} at {scheme}://{host}:{port}/v1 ({auth})", file=sys.stderr, flush=True)
     app = build_app(state)
     if add_pages is not None:

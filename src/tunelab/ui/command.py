@@ -27,7 +27,7 @@ def run_dashboard(settings: UiSettings, host: str = "127.0.0.1", port: int = 808
     app = build_ui_app(settings)
     scheme = "https" if ssl_certfile else "http"
     server = f", playground -> {settings.server_url}" if settings.server_url else " (no --server: no playground)"
-    print(f"dashboard at {scheme}://{host}:{port}/ui/{server}; log in with an API key (tunelab keys create NAME "
+    print(f"dashboard at {scheme}://{host}:{port}/ui/{server}; log in with an API key (tunelab keys create --name NAME "
           "--role trainer)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                 timeout_graceful_shutdown=5)

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import or_, select
 
 from tunelab.errors import TunelabError
+from tunelab.registry.cards import LOWER_IS_BETTER
 from tunelab.registry.compare import flatten, flips, metric_deltas
 from tunelab.registry.ingest import effective_status
 from tunelab.registry.paired import in_words, paired_test, tuned_items, verdict
@@ -41,8 +42,6 @@ router = APIRouter()
 
 MAX_FLIPS_SHOWN = 500  # per direction: the counts are always complete, the rows stop here
 MAX_CURVE_ROWS = 2000  # training rows per run sent to the chart (validation rows are all kept)
-LOWER_IS_BETTER = ("perplexity", "loss", "error")
-
 
 # --- which runs --------------------------------------------------------------------------------------------
 
@@ -132,7 +131,7 @@ def config_rows(configs: list[dict]) -> list[ConfigRow]:
 
 
 def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in LOWER_IS_BETTER)
+    return metric in LOWER_IS_BETTER or any(word in metric for word in ("loss", "error"))
 
 
 def metric_rows(runs: list[Run]) -> list[dict]:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 
 from tunelab.data.prepare import reason_category
-from tunelab.data.report import _read_splits, _token_counter  # the very counting report.md uses
+from tunelab.data.report import split_lengths
 from tunelab.errors import NotFoundError, TunelabError
 from tunelab.registry.lineage import lineage
 from tunelab.registry.schema import Dataset, DatasetVersion, Run
@@ -143,8 +143,7 @@ def length_chart(folder: Path) -> dict | None:
 @functools.lru_cache(maxsize=16)
 def _split_lengths(folder: str, stamp: tuple) -> dict[str, list[int]]:
     """Row lengths per split; ``stamp`` (the files' sizes and times) keys the cache, so a rewrite is read again."""
-    count, _, _ = _token_counter(None)
-    lengths, _ = _read_splits(Path(folder), count)
+    lengths = split_lengths(folder)
     return {split: list(values) for split, values in lengths.items()}
 
 

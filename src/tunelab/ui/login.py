@@ -1,6 +1,6 @@
 """The login page (an API key in, a session cookie out), logout, and the home redirect.
 
-There are no default credentials: a first user makes a key with ``tunelab keys create NAME --role
+There are no default credentials: a first user makes a key with ``tunelab keys create --name NAME --role
 admin`` and pastes it here. Logins and refused keys go to the audit log, as the API's 401s do.
 """
 
@@ -38,7 +38,7 @@ async def login(request: Request, key: str = Form(""), next: str = Form("/ui/"))
         await anyio.to_thread.run_sync(lambda: record("ui.login.refused", "anonymous", registry=state.registry))
         return page(request, "login.html", None, status_code=401, next=safe_next(next),
                     error="That key is not valid (mistyped, revoked, or from another registry). "
-                          "Make one with: tunelab keys create NAME --role viewer")
+                          "Make one with: tunelab keys create --name NAME --role viewer")
     principal = session.principal
     await anyio.to_thread.run_sync(lambda: record("ui.login", f"key:{principal.key_id}", registry=state.registry,
                                                   role=principal.role))

@@ -116,6 +116,8 @@
         if (live) live.hidden = true;
         const ended = document.getElementById("run-ended");
         if (ended) ended.hidden = false;
+        // a finished run has written its metrics and predictions: show them (a failed one keeps its curves)
+        if (status.status === "finished" && ended && ended.dataset.reload !== "off") setTimeout(() => location.reload(), 2000);
       }
     });
   }
