@@ -56,3 +56,12 @@ def test_sort_and_filter_on_the_server(dashboard):
     table = viewer.get("/ui/runs/table", params={"sort": "metric", "order": "desc"}).text
     assert table.index("wider-lora") < table.index("baseline-lora")
     assert "No runs match" in viewer.get("/ui/runs/table", params={"status": "running"}).text
+
+
+def test_pages_refuse_framing_and_sniffing(dashboard):
+    viewer = dashboard.http("viewer")
+    for path in ("/ui/runs", "/ui/login", "/ui/static/css/tunelab.css"):
+        headers = viewer.get(path).headers
+        assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff", path
+        assert headers["referrer-policy"] == "same-origin"
+    assert "x-frame-options" not in viewer.get("/health").headers  # only the dashboard's own responses

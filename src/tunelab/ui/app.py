@@ -13,11 +13,37 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunelab.registry.db import Registry, open_registry
 from tunelab.serve.auth import KeyCheck
+from tunelab.ui import compare, datasets, login, models, new_run, playground, review, run_detail, runs_list, serving
 from tunelab.ui.render import STATIC, page
 from tunelab.ui.sessions import Forbidden, LoginRequired, SessionStore, current_session
+
+# on every dashboard response: no framing by other sites (a hidden Promote button under a decoy), no MIME
+# sniffing, and no dashboard URL (run names, ids) leaked to other sites in the Referer header
+PAGE_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"same-origin")]
+
+
+class PageHeaders:
+    """Adds ``PAGE_HEADERS`` to responses under /ui/ (the API's responses, with ``serve --ui``, stay as they are)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/ui/"):
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                known = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []), *(h for h in PAGE_HEADERS if h[0] not in known)]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 @dataclass
@@ -55,10 +81,8 @@ def wants_json(request: Request) -> bool:
 
 def add_ui(app: FastAPI, state: UiState) -> None:
     """Mount the dashboard's pages and static files on ``app``."""
-    # imported here: the page modules import this module's UiState for their type hints
-    from tunelab.ui import compare, datasets, login, models, new_run, playground, review, run_detail, runs_list, serving
-
     app.state.ui = state
+    app.add_middleware(PageHeaders)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
     for module in (login, runs_list, run_detail, compare, datasets, models, new_run, playground, review, serving):
         app.include_router(module.router, include_in_schema=False)
