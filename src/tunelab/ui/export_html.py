@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.runs.folder import RunFolder
 from tunelab.security import files as sealed
 from tunelab.ui.render import STATIC, templates
-from tunelab.ui.run_view import PREDICTION_FILTERS, RunView, prediction_cells, read_run_view
+from tunelab.ui.run_view import FILTER_LABELS, RunView, prediction_cells, read_run_view
 
 PREDICTIONS_SHOWN = 500
 STYLES = ("vendor/uplot/uPlot.min.css", "css/tunelab.css", "css/run.css")
@@ -47,7 +47,7 @@ def render_export(view: RunView, limit: int = PREDICTIONS_SHOWN) -> str:
     rows = [prediction_cells(row, i) for i, row in enumerate(view.predictions[:limit])]
     return templates.env.get_template("run_export.html").render(
         view=view, predictions=rows, total_predictions=len(view.predictions),
-        filters=[(name, label) for name, (label, _) in PREDICTION_FILTERS.items()],
+        filters=FILTER_LABELS,
         styles=inline(STYLES), scripts=inline(SCRIPTS), started=local_time(view.status.started),
         exported=local_time(time.time()), version=tunelab.__version__)
 

@@ -38,8 +38,8 @@ from tunelab.security import files as sealed
 from tunelab.security.roles import PROMOTE, READ_RUNS
 from tunelab.ui.curves import read_from
 from tunelab.ui.render import page, partial
-from tunelab.ui.run_view import (IMAGE_TYPES, PREDICTION_FILTERS, image_file, passes, prediction_cells,
-                                 read_run_view, searched)
+from tunelab.ui.run_view import (FILTER_LABELS, IMAGE_TYPES, PREDICTION_FILTERS, filter_counts, image_file, passes,
+                                 prediction_cells, read_run_view, searched)
 from tunelab.ui.sessions import Session, needs
 
 router = APIRouter()
@@ -114,7 +114,7 @@ class Listing:
 def listing_of(predictions: list[dict], which: str, query: str, page_number: int) -> Listing:
     which = which if which in PREDICTION_FILTERS else "all"
     found = searched(predictions, query.strip())
-    counts = {name: sum(passes(row, name) for row in found) for name in PREDICTION_FILTERS}
+    counts = filter_counts(found)
     picked = [row for row in found if passes(row, which)]
     pages = max(1, math.ceil(len(picked) / PAGE_SIZE))
     page_number = min(max(1, page_number), pages)
@@ -124,7 +124,6 @@ def listing_of(predictions: list[dict], which: str, query: str, page_number: int
                    pages, len(picked), counts, bool(predictions), any("base_prediction" in row for row in predictions))
 
 
-FILTER_LABELS = [(name, label) for name, (label, _) in PREDICTION_FILTERS.items()]
 
 
 # ---- pages

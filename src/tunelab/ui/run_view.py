@@ -44,6 +44,7 @@ PREDICTION_FILTERS = {
     "fixed": ("Fixed", lambda base, tuned: base is False and tuned is True),
     "broken": ("Broken", lambda base, tuned: base is True and tuned is False),
 }
+FILTER_LABELS = [(name, label) for name, (label, _) in PREDICTION_FILTERS.items()]
 SEARCHED_FIELDS = ("input", "reference", "base_prediction", "tuned_prediction")
 
 
